@@ -7,7 +7,7 @@ a study file and swept by a grid axis.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -25,6 +25,12 @@ class ToyWorldConfig(_Strict):
     seed: int = Field(0, description="seed of the world's class definitions")
     n_max: int = Field(300, ge=10, description="training images of the largest downstream class")
     test_per_class: int = Field(50, ge=5)
+    part_vocab: int | None = Field(None, ge=2, le=64, description="vocabulary values per part region; "
+                                   "None = enough that a half view confuses about two classes each")
+    jitter: float = Field(0.25, ge=0, le=0.5, description="part position jitter, fraction of its region")
+    colour_noise: float = Field(0.12, ge=0, le=0.5, description="per-instance colour perturbation")
+    clutter: int = Field(3, ge=0, le=16, description="label-free distractor rectangles per image")
+    noise: float = Field(0.06, ge=0, le=0.5, description="std of Gaussian pixel noise (pixels in [0, 1])")
 
 
 class ToyPretrainConfig(_Strict):
@@ -40,6 +46,12 @@ class ToyPretrainConfig(_Strict):
     epochs: int = Field(6, ge=1)
     width: int = Field(64, ge=16, description="ViT embedding dimension")
     depth: int = Field(4, ge=1)
+    patch_size: int = Field(8, ge=2, description="ViT patch size (must divide world.image_size)")
+    heads: int = Field(4, ge=1, description="ViT attention heads (must divide width)")
+    mlp_ratio: float = Field(2.0, gt=0, description="ViT MLP hidden size / width")
+    lr: float = Field(2e-3, gt=0, description="AdamW peak learning rate (warm-up + cosine)")
+    prior_seed: int | None = Field(None, description="seed of the 'shuffled' class permutation; "
+                                                     "None = seed (set it to share head classes across seeds)")
 
 
 class BackboneConfig(_Strict):
@@ -50,6 +62,9 @@ class BackboneConfig(_Strict):
     pretrained: str | None = Field(None, description="open_clip pretrained tag, or 'true' for timm hub weights")
     checkpoint: str | None = Field(None, description="local checkpoint file (open_clip or timm format)")
     label: str | None = Field(None, description="display name in reports")
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword arguments of the family's model factory "
+        "(timm.create_model, e.g. {img_size: 32}; open_clip.create_model, e.g. {vision_cfg: {...}})")
     pretrain: ToyPretrainConfig | None = Field(None, description="toy family only")
 
     @model_validator(mode="after")

@@ -1,0 +1,1 @@
+"""Results people can look at: the study report (HTML), the Parquet export, and MLflow access."""

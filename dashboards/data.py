@@ -1,0 +1,211 @@
+"""Read one study back from MLflow (layout: docs/ARCHITECTURE.md, section 5).
+
+A study is an MLflow experiment named after the study. Each execution of the study is a run tagged
+``ltbias.level=study``; its children are cell runs (``ltbias.level=cell``), whose children are trial
+runs (``ltbias.level=trial``). Parameters are the flattened dotted trial config, stored by MLflow as
+strings; this module turns each parameter column back into numbers or booleans where every value
+of the column allows it, so that the report and the Parquet export agree on types.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Run, ViewType
+
+LEVEL_TAG = "ltbias.level"
+CELL_TAG = "ltbias.cell"
+SEED_TAG = "ltbias.seed"
+TRIAL_ID_TAG = "ltbias.trial_id"
+OPTUNA_TRIAL_TAG = "ltbias.optuna_trial"
+ERROR_TAG = "ltbias.error"
+PARENT_TAG = "mlflow.parentRunId"
+
+PARAM_PREFIX = "param."
+#: The columns every trial row has, before its ``param.*`` and metric columns.
+TRIAL_COLUMNS = ["run_id", "run_name", "cell", "cell_run_id", "seed", "optuna_trial", "trial_id",
+                 "status", "error", "start_time", "end_time"]
+#: MLflow writes ``None`` config values as this string.
+_NONE_STRINGS = {"None", "null", ""}
+
+@dataclass(frozen=True)
+class StudyData:
+    """One execution of a study as MLflow recorded it: the study run, its cells and its trials."""
+
+    study: str
+    tracking_uri: str
+    experiment_id: str
+    study_run_id: str
+    study_run_name: str
+    study_tags: dict[str, str]
+    #: the study run's params: the resolved study spec, flattened (``search.metric``, ...)
+    study_params: dict[str, str]
+    #: one row per cell run: run_id, run_name, cell, status
+    cells: pd.DataFrame
+    #: one row per trial run: TRIAL_COLUMNS, then ``param.<dotted>`` columns, then metric columns
+    trials: pd.DataFrame
+    param_columns: list[str] = field(default_factory=list)
+    metric_columns: list[str] = field(default_factory=list)
+
+
+class StudyNotFoundError(LookupError):
+    """The tracking store holds no experiment or no study run for the requested study."""
+
+
+def load_study(study: str, tracking_uri: str, study_run_id: str | None = None) -> StudyData:
+    """Load the latest study run of experiment ``study`` (or ``study_run_id``) with cells and trials."""
+    uri = tracking_uri
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        names = sorted(e.name for e in client.search_experiments(view_type=ViewType.ALL))
+        raise StudyNotFoundError(
+            f"no MLflow experiment named {study!r} in {uri}; experiments there: {names or 'none'}. "
+            "Pass --tracking-uri of the store the study ran against, or run the study first.")
+    runs = _all_runs(client, experiment.experiment_id)
+    studies = [r for r in runs if r.data.tags.get(LEVEL_TAG) == "study"]
+    if study_run_id is not None:
+        studies = [r for r in studies if r.info.run_id == study_run_id]
+        if not studies:
+            raise StudyNotFoundError(f"run {study_run_id!r} is not a study run (tag {LEVEL_TAG}=study) "
+                                     f"of experiment {study!r} in {uri}")
+    if not studies:
+        raise StudyNotFoundError(f"experiment {study!r} in {uri} has no run tagged {LEVEL_TAG}=study; "
+                                 "was it written by platform.tracking?")
+    root = max(studies, key=lambda r: r.info.start_time or 0)
+    children = _children_index(runs)
+    cell_runs = [r for r in children.get(root.info.run_id, []) if r.data.tags.get(LEVEL_TAG) == "cell"]
+    trial_runs: list[tuple[Run, Run | None]] = []
+    for cell_run in cell_runs:
+        trial_runs += [(t, cell_run) for t in children.get(cell_run.info.run_id, [])
+                       if t.data.tags.get(LEVEL_TAG) == "trial"]
+    # Trials logged straight under the study run (no cell level) still belong to it.
+    trial_runs += [(t, None) for t in children.get(root.info.run_id, [])
+                   if t.data.tags.get(LEVEL_TAG) == "trial"]
+    trials, params, metrics = _trials_frame(trial_runs)
+    cells = pd.DataFrame(
+        [{"run_id": r.info.run_id, "run_name": r.info.run_name, "cell": r.data.tags.get(CELL_TAG, ""),
+          "status": r.info.status} for r in cell_runs],
+        columns=["run_id", "run_name", "cell", "status"])
+    return StudyData(study=study, tracking_uri=uri, experiment_id=experiment.experiment_id,
+                     study_run_id=root.info.run_id, study_run_name=root.info.run_name or "",
+                     study_tags=dict(root.data.tags), study_params=dict(root.data.params), cells=cells, trials=trials,
+                     param_columns=params, metric_columns=metrics)
+
+
+def _all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
+    """Every active run of the experiment, following MLflow's pagination."""
+    runs: list[Run] = []
+    token: str | None = None
+    while True:
+        page = client.search_runs([experiment_id], max_results=5000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _children_index(runs: list[Run]) -> dict[str, list[Run]]:
+    index: dict[str, list[Run]] = {}
+    for run in runs:
+        parent = run.data.tags.get(PARENT_TAG)
+        if parent:
+            index.setdefault(parent, []).append(run)
+    for siblings in index.values():
+        siblings.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    return index
+
+
+def _trials_frame(trial_runs: list[tuple[Run, Run | None]]) -> tuple[pd.DataFrame, list[str], list[str]]:
+    rows: list[dict[str, Any]] = []
+    param_keys: set[str] = set()
+    metric_keys: set[str] = set()
+    for run, cell_run in trial_runs:
+        tags = run.data.tags
+        seed = tags.get(SEED_TAG, run.data.params.get("seed"))
+        row: dict[str, Any] = {
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name or "",
+            "cell": tags.get(CELL_TAG) or (cell_run.data.tags.get(CELL_TAG, "") if cell_run else ""),
+            "cell_run_id": cell_run.info.run_id if cell_run else None,
+            "seed": _to_int(seed),
+            "optuna_trial": _to_int(tags.get(OPTUNA_TRIAL_TAG)),
+            "trial_id": tags.get(TRIAL_ID_TAG),
+            "status": run.info.status,
+            "error": tags.get(ERROR_TAG),
+            "start_time": _timestamp(run.info.start_time),
+            "end_time": _timestamp(run.info.end_time),
+        }
+        for key, value in run.data.params.items():
+            row[PARAM_PREFIX + key] = value
+            param_keys.add(PARAM_PREFIX + key)
+        row.update(run.data.metrics)  # MLflow keeps the latest value of each metric: the final one
+        metric_keys.update(run.data.metrics)
+        rows.append(row)
+    params = sorted(param_keys)
+    metrics = sorted(metric_keys, key=_metric_order)
+    raw = pd.DataFrame(rows, columns=TRIAL_COLUMNS + params + metrics)
+    # Build every typed column first and the frame once (column-by-column assignment fragments it).
+    columns = {c: raw[c] for c in TRIAL_COLUMNS}
+    columns["seed"] = raw["seed"].astype("Int64")
+    columns["optuna_trial"] = raw["optuna_trial"].astype("Int64")
+    columns.update({c: coerce_param_column(raw[c]) for c in params})
+    columns.update({c: raw[c].astype("float64") for c in metrics})
+    return pd.DataFrame(columns, index=raw.index), params, metrics
+
+
+def _metric_order(name: str) -> tuple[int, str]:
+    """val/* first, then test/*, then the rest, so exported columns read in a useful order."""
+    split = name.split("/", 1)[0]
+    return ({"val": 0, "test": 1, "train": 2}.get(split, 3), name)
+
+
+def _timestamp(ms: int | None) -> pd.Timestamp | None:
+    return pd.Timestamp(ms, unit="ms", tz="UTC") if ms else None
+
+
+def _to_int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def coerce_param_column(values: pd.Series) -> pd.Series:
+    """Turn a column of MLflow param strings into Int64, float64 or boolean if every value allows it."""
+    present = values[values.notna() & ~values.isin(_NONE_STRINGS)]
+    cleaned = values.where(values.notna() & ~values.isin(_NONE_STRINGS), None)
+    if present.empty:
+        return cleaned.astype("string")
+    if present.isin(["True", "False"]).all():
+        return cleaned.map(lambda v: None if v is None else v == "True").astype("boolean")
+    try:
+        numbers = [float(v) for v in present]
+    except ValueError:
+        return cleaned.astype("string")
+    if all(math.isfinite(x) and x == int(x) and "." not in v and "e" not in v.lower()
+           for x, v in zip(numbers, present)):
+        return cleaned.map(lambda v: None if v is None else int(v)).astype("Int64")
+    return cleaned.map(lambda v: math.nan if v is None else float(v)).astype("float64")
+
+
+def run_url(base_url: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI address of a run."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def experiment_url(base_url: str, experiment_id: str) -> str:
+    """The MLflow UI address of an experiment."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None (platform.paths has the same rule;
+    dashboards/ does not import platform/ so that it reads any tracking store on its own)."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):]) if uri.startswith(prefix) else None

@@ -1,0 +1,383 @@
+"""Run a planned study: one Ray Tune ``Tuner`` per study execution, tracked in MLflow.
+
+``run_study(plan, args)`` checks that the tracking store and the storage are reachable (before
+any trial starts), attaches to Ray (a cluster at ``--address``/``$RAY_ADDRESS``, else a local
+instance), runs every trial through a ``CellSearcher`` and a scheduler (FIFO, or ASHA with one
+bracket set per cell so that cells never stop each other's trials), and returns one row per cell:
+the configuration selected on the validation metric, with its test metrics read only for it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from platform import paths
+from platform.progress import ProgressCallback
+from platform.searcher import (STAGE1_CELL, CellSearcher, get_path, iter_groups, study_name,
+                               trial_meta)
+from platform.tracking import MLflowStudyCallback, check_tracking
+
+# Never shipped to a cluster with the working directory: environments, outputs, VCS, caches.
+RUNTIME_ENV_EXCLUDES = [".venv", "outputs", ".git", "tests/_artifacts", "benchmarks/results",
+                        "node_modules", "**/__pycache__"]
+PLAN_STAMP = "ltbias_plan.json"
+
+
+def _input_error(message: str) -> Exception:
+    """A PlatformInputError (the CLI exits 2 on it) carrying ``message``."""
+    from platform import errors
+    error_type = getattr(errors, "PlatformInputError", None)
+    if error_type is None:  # until errors.py defines it: SpecError is also an input error (exit 2)
+        return errors.SpecError([errors.Issue("", message)])
+    return error_type(message)
+
+
+# --------------------------------------------------------------------------- scheduling
+
+class CellASHAScheduler(FIFOScheduler):
+    """ASHA with separate brackets per cell: a trial only competes with trials of its own cell.
+
+    One global ASHA would compare a cell at imbalance ratio 100 with one at ratio 10 and stop the
+    harder cell's trials, which is the ablation's signal, not noise. Stage-1 prerequisites and
+    post-hoc/ensemble trials (one report each) are never stopped.
+    """
+
+    def __init__(self, metric: str, mode: str, *, grace_period: int, reduction_factor: float,
+                 max_t: int):
+        super().__init__()
+        self._metric, self._mode = metric, mode
+        self._kwargs = dict(time_attr="training_iteration", metric=metric, mode=mode,
+                            grace_period=grace_period, reduction_factor=reduction_factor,
+                            max_t=max_t)
+        self._cells: dict[str, ASHAScheduler] = {}
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        """Metric and mode come from the plan; accept Tune's only when they agree."""
+        return metric in (None, self._metric) and mode in (None, self._mode)
+
+    def _of(self, trial: Any) -> ASHAScheduler | None:
+        meta = trial_meta(trial.config)
+        if meta.get("cell") in (None, STAGE1_CELL) or meta.get("stage") != 1:
+            return None
+        cell = str(meta["cell"])
+        if cell not in self._cells:
+            self._cells[cell] = ASHAScheduler(**self._kwargs)
+        return self._cells[cell]
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        """Register the trial with its cell's ASHA."""
+        if (asha := self._of(trial)) is not None:
+            asha.on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        """CONTINUE or STOP, decided among the trial's own cell."""
+        asha = self._of(trial)
+        if asha is None or trial.trial_id not in asha._trial_info:
+            return TrialScheduler.CONTINUE
+        return asha.on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        """Let the cell's ASHA record the final result."""
+        asha = self._of(trial)
+        if asha is not None and trial.trial_id in asha._trial_info:
+            asha.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        """Forget a removed trial."""
+        asha = self._of(trial)
+        if asha is not None and trial.trial_id in asha._trial_info:
+            asha.on_trial_remove(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        """Forget an errored trial."""
+        self.on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        """One ASHA summary per cell."""
+        return "\n".join(f"{c}: {s.debug_string()}" for c, s in sorted(self._cells.items()))
+
+
+def make_scheduler(plan: Any) -> TrialScheduler:
+    """FIFO, or per-cell ASHA on the plan's metric with the study's settings."""
+    spec = plan.study.scheduler
+    if getattr(spec, "asha", None) is None:
+        return FIFOScheduler()
+    asha = spec.asha
+    return CellASHAScheduler(plan.metric, plan.mode, grace_period=asha.grace_period,
+                             reduction_factor=asha.reduction_factor,
+                             max_t=asha.max_t or plan.study.finetune.epochs)
+
+
+# --------------------------------------------------------------------------- checks and Ray
+
+def check_storage(storage: str) -> None:
+    """Raise PlatformInputError naming ``storage`` when it cannot be created or written."""
+    if paths.is_local(storage):
+        folder = paths.local_path(storage)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-probe-{os.getpid()}"
+            probe.write_text("ok", encoding="utf-8")
+            probe.unlink()
+        except OSError as exc:
+            raise _input_error(f"--storage {storage}: cannot write there ({exc}); pass a "
+                               "writable folder or a reachable URI (s3://..., gs://...)") from exc
+        return
+    import pyarrow.fs
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(storage)
+        fs.get_file_info(path)
+    except Exception as exc:  # noqa: BLE001 - every failure means the same to the user
+        raise _input_error(f"--storage {storage}: cannot be reached ({exc}); check the URI and "
+                           "the credentials, or pass a local folder") from exc
+
+
+def init_ray(address: str | None) -> bool:
+    """Attach to Ray; returns True when this call started it (and so must shut it down).
+
+    A cluster (``address`` or ``$RAY_ADDRESS``) gets the repo as working directory, so workers
+    import ``trainables`` from the same code; a local instance uses the editable install.
+    """
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        # Ray puts the working directory first on the workers' PYTHONPATH, so they import this
+        # checkout's trainables/ (and our platform package, which also serves the stdlib API).
+        ray.init(address=address, runtime_env={"working_dir": str(paths.REPO_ROOT),
+                                               "excludes": RUNTIME_ENV_EXCLUDES})
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                 logging_config=ray.LoggingConfig(log_level="WARNING"))
+    return True
+
+
+def trial_name(trial: Any) -> str:
+    """``<cell>_<trial id>``: short Tune trial names and folders (Tune's default spells the config)."""
+    return f"{trial_meta(trial.config).get('cell', 'trial')}_{trial.trial_id}"
+
+
+def default_trainable() -> Callable[[dict], None]:
+    """The shared trainable every trial runs."""
+    from trainables.trainable import tune_trainable
+    return tune_trainable
+
+
+def without_meta(fn: Callable[[dict], Any]) -> Callable[[dict], Any]:
+    """``fn`` called with the trial config minus the searcher's ``ltbias`` key (a TrialConfig dict).
+
+    The wrapper is a closure, so cloudpickle ships it by value: Ray workers never import
+    ``platform`` (which they would resolve to the standard-library module) to run it.
+    """
+    def ltbias_trial(config: dict) -> Any:
+        return fn({k: v for k, v in config.items() if k != "ltbias"})
+
+    return ltbias_trial
+
+
+# --------------------------------------------------------------------------- results
+
+def _records(results: Any) -> list[dict]:
+    """Plain trial records (trial_id, config, status, result) from a Tune ResultGrid."""
+    out = []
+    for res in results:
+        metrics = dict(res.metrics or {})
+        out.append({"trial_id": metrics.get("trial_id") or Path(res.path).name,
+                    "config": res.config or {}, "status": "ERROR" if res.error else "TERMINATED",
+                    "result": metrics})
+    return out
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def select_rows(plan: Any, records: list[dict]) -> list[dict]:
+    """One row per cell: its best configuration by the validation metric (seed-group mean for
+    ``train`` cells), with that configuration's mean val/test metrics.
+
+    Test numbers are read only for the selected configuration and never compared. A cell whose
+    trials all failed or never reported the metric gets a row with ``selected=False``.
+    """
+    metric, sign = plan.metric, (1.0 if plan.mode == "max" else -1.0)
+    groups = iter_groups(records)
+    rows = []
+    for cell in plan.cells:
+        cell_groups = {g: recs for (cid, g), recs in groups.items() if cid == cell.id}
+        row: dict[str, Any] = {"cell": cell.id, "label": cell.label, "kind": cell.kind,
+                               "values": dict(cell.values), "best_config": {}, "n_trials": sum(map(len, cell_groups.values())),
+                               "n_failed": sum(r["status"] == "ERROR"
+                                               for recs in cell_groups.values() for r in recs),
+                               "n_configs": len(cell_groups), "selected": False}
+        best, best_score = None, -math.inf
+        for g, recs in sorted(cell_groups.items()):
+            vals = [v for r in recs if r["status"] != "ERROR"
+                    and (v := _finite(r["result"].get(metric))) is not None]
+            if vals and sign * statistics.fmean(vals) > best_score:
+                best, best_score = g, sign * statistics.fmean(vals)
+        if best is not None:
+            members = [r for r in cell_groups[best] if r["status"] != "ERROR"
+                       and _finite(r["result"].get(metric)) is not None]
+            row.update(selected=True, metric=sign * best_score,
+                       optuna_trial=trial_meta(members[0]["config"]).get("optuna_trial"),
+                       best_config={p: get_path(members[0]["config"], p) for p in (cell.space or {})},
+                       n_seeds=len(members), trial_ids=[r["trial_id"] for r in members])
+            keys = sorted({k for r in members for k in r["result"]
+                           if k.startswith(("val/", "test/")) or k == metric})
+            for key in keys:
+                vals = [v for r in members if (v := _finite(r["result"].get(key))) is not None]
+                if vals:
+                    row[key] = statistics.fmean(vals)
+                    if len(members) > 1 and not key.endswith("_std"):
+                        row[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- the run
+
+def _stamp(experiment: Path, plan: Any) -> None:
+    experiment.mkdir(parents=True, exist_ok=True)
+    (experiment / PLAN_STAMP).write_text(json.dumps(
+        {"spec_hash": plan.spec_hash, "study": study_name(plan), "total_trials": plan.total_trials,
+         "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1), encoding="utf-8")
+
+
+def _check_resume(experiment: Path, plan: Any) -> None:
+    stamp = experiment / PLAN_STAMP
+    if stamp.exists():
+        old = json.loads(stamp.read_text(encoding="utf-8")).get("spec_hash")
+        if old != plan.spec_hash:
+            raise _input_error(
+                f"--resume: {experiment} holds study {study_name(plan)!r} with spec hash "
+                f"{str(old)[:12]}, but the study file now hashes to {plan.spec_hash[:12]}; a "
+                "changed study cannot continue an old run: drop --resume after moving that folder "
+                "away, or restore the study file")
+
+
+def run_study(plan: Any, args: Any, *, trainable: Callable[[dict], None] | None = None,
+              progress_interval_s: float = 5.0) -> Any:
+    """Run every trial of ``plan`` through one Ray Tune Tuner, track it in MLflow, select per cell.
+
+    ``args`` is the ``python -m platform.run`` namespace (address, resume; storage and tracking
+    were already resolved into the plan). ``trainable`` replaces the shared trainable (tests).
+    """
+    from platform.plan import StudyOutcome
+
+    name = study_name(plan)
+    storage = plan.storage or getattr(args, "storage", None) or paths.default_storage()
+    tracking_uri = plan.tracking_uri or getattr(args, "tracking_uri", None) or paths.default_tracking_uri()
+    resume = bool(getattr(args, "resume", False))
+    try:
+        check_tracking(tracking_uri)
+    except ConnectionError as exc:
+        raise _input_error(str(exc)) from exc
+    check_storage(storage)
+
+    experiment_uri = f"{storage.rstrip('/')}/{name}"
+    local_experiment = paths.local_path(experiment_uri) if paths.is_local(storage) else None
+    can_restore = tune.Tuner.can_restore(experiment_uri)
+    if can_restore and not resume:
+        raise _input_error(
+            f"study {name!r} already has results in {experiment_uri}; pass --resume to continue "
+            "it (finished trials are kept, nothing is rerun), or move that folder away to start over")
+    if local_experiment is not None:
+        if resume and can_restore:
+            _check_resume(local_experiment, plan)
+        else:
+            _stamp(local_experiment, plan)
+
+    fn = without_meta(trainable or default_trainable())
+    resources = {"cpu": float(plan.resources["cpu"]), "gpu": float(plan.resources["gpu"])}
+    tracker = MLflowStudyCallback(tracking_uri, plan, experiment_uri, resume=resume)
+    log_path = (local_experiment / "progress.log") if local_experiment is not None else None
+    progress = ProgressCallback(name, plan.metric, plan.mode, log_path,
+                                interval_s=progress_interval_s, total_trials=plan.total_trials)
+    # num_to_keep forces an experiment snapshot after checkpoints; on a study of short trials
+    # Tune then warns every few seconds about snapshot frequency, which drowns the progress line.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    started = init_ray(getattr(args, "address", None))
+    try:
+        if resume and can_restore:
+            tuner = tune.Tuner.restore(experiment_uri, trainable=tune.with_resources(fn, resources),
+                                       resume_errored=True)
+            _use_callbacks(tuner, [tracker, progress])
+        else:
+            searcher = CellSearcher(plan, sampler_seed=plan.study.search.seed)
+            if searcher.total_trials != plan.total_trials:
+                raise RuntimeError(f"plan counts {plan.total_trials} trials but the searcher emits "
+                                   f"{searcher.total_trials}; platform.plan and platform.searcher "
+                                   "disagree on cell sizes")
+            searcher.reset_studies()
+            max_concurrent = int(getattr(args, "max_concurrent", None) or plan.max_concurrent or 0)
+            tuner = tune.Tuner(
+                tune.with_resources(fn, resources),
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher, scheduler=make_scheduler(plan),
+                    num_samples=plan.total_trials, max_concurrent_trials=max_concurrent or None,
+                    metric=plan.metric, mode=plan.mode, reuse_actors=True,
+                    trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=storage, verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=plan.study.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    callbacks=[tracker, progress]))
+        results = tuner.fit()
+        callback = _find_tracker(tuner) or tracker
+        finished = results.num_terminated + results.num_errors
+        if finished < plan.total_trials:
+            # Tune returns normally after Ctrl-C (or a stop request) with unfinished trials.
+            callback.interrupt()
+            raise KeyboardInterrupt(f"study {name!r} stopped with {finished}/{plan.total_trials} "
+                                    f"trials finished; continue it with --resume")
+        records = _records(results)
+        rows = select_rows(plan, records)
+        failed = sum(r["status"] == "ERROR" for r in records)
+        callback.finish(rows, failed)
+        return StudyOutcome(rows=rows, failed_trials=failed, total_trials=len(records),
+                            study_run_id=callback.study_run_id, tracking_uri=tracking_uri)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_config(tuner: Any) -> Any:
+    # Ray keeps the RunConfig on its internal tuner; there is no public accessor after restore.
+    local = getattr(tuner, "_local_tuner", None)
+    return local.get_run_config() if local is not None else None
+
+
+def _use_callbacks(tuner: Any, callbacks: list) -> None:
+    """Run a restored Tuner with this execution's callbacks instead of the unpickled ones, so that
+    tracking uses today's URI and knows it is resuming (Tune then restores their saved state)."""
+    config = _run_config(tuner)
+    if config is not None and [type(c) for c in config.callbacks or []] == [type(c) for c in callbacks]:
+        config.callbacks = callbacks
+        return
+    for cb in getattr(config, "callbacks", None) or []:  # an older tuner.pkl: resume in place
+        if isinstance(cb, MLflowStudyCallback):
+            cb.tracker.resume = True
+
+
+def _find_tracker(tuner: Any) -> MLflowStudyCallback | None:
+    """The tracking callback the Tuner ran with."""
+    for cb in getattr(_run_config(tuner), "callbacks", None) or []:
+        if isinstance(cb, MLflowStudyCallback):
+            return cb
+    return None
+
+
+__all__ = ["CellASHAScheduler", "check_storage", "default_trainable", "init_ray", "make_scheduler",
+           "run_study", "select_rows"]

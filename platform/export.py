@@ -1,0 +1,57 @@
+"""``python -m platform.export STUDY.yaml --out study.parquet``: the study as one Parquet table.
+
+One row per trial run of the latest study run (or ``--run-id``): run ids, cell, seed, status,
+flattened parameters ``param.<dotted>`` and final metrics (``val/acc``, ``test/acc`` ...). The
+schema is documented in docs/EXPORT.md. Exit status: 0 written; 2 invalid input or no such study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+from pydantic import ValidationError
+
+from platform import paths
+from platform.errors import SpecError
+from platform.report import EXIT_INVALID, EXIT_OK, add_study_arguments, resolve_study
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    p = argparse.ArgumentParser(prog="python -m platform.export", description=__doc__.split("\n")[0],
+                                epilog="exit status: 0 written, 2 invalid input or no such study")
+    add_study_arguments(p)
+    p.add_argument("--out", metavar="PATH", type=Path,
+                   help="Parquet file to write (default: <outputs>/exports/<study>.parquet)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit status."""
+    from dashboards.data import StudyNotFoundError, load_study
+    from dashboards.export import write_parquet
+
+    args = build_parser().parse_args(argv)
+    try:
+        target = resolve_study(args)
+        data = load_study(target.name, target.tracking_uri, args.run_id)
+    except SpecError as e:
+        print(f"error: invalid study\n{e}", file=sys.stderr)
+        return EXIT_INVALID
+    except (ValidationError, yaml.YAMLError) as e:
+        print(f"error: invalid study {args.study_file}: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except StudyNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    out = write_parquet(data, args.out or paths.outputs_dir() / "exports" / f"{data.study}.parquet")
+    print(f"{len(data.trials)} trial(s) of study run {data.study_run_id} -> {out.resolve()}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""``python -m platform.run STUDY.yaml``: validate a study, print its plan, run it, print results.
+
+Exit status: 0 done (or a valid --dry-run); 2 invalid input (the message on stderr names file,
+line, field, value and fix); 1 the study ran but some trials failed beyond their retries.
+Ray, torch and MLflow are imported only after the study is valid, so errors come back fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Any, Sequence
+
+import yaml
+from pydantic import ValidationError
+
+from platform import paths
+from platform.errors import PlatformInputError, SpecError, show_value
+from platform.plan import Plan, StudyOutcome, check_fits, local_capacity, make_plan
+from platform.spec import load_study
+
+EXIT_OK, EXIT_FAILED_TRIALS, EXIT_INVALID = 0, 1, 2
+RESULT_METRICS = ("test/acc", "test/d_many", "test/d_medium", "test/d_few",
+                  "test/p_many", "test/p_medium", "test/p_few")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    p = argparse.ArgumentParser(prog="python -m platform.run", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="exit status: 0 done, 1 trials failed beyond their retries, "
+                                       "2 invalid input")
+    p.add_argument("study", help="the study file, e.g. studies/smoke.yaml")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and print the plan; start nothing")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a field before validation (VALUE is YAML), e.g. "
+                        "--set finetune.epochs=1 --set grid.method.name=[ce,la]; repeatable")
+    p.add_argument("--max-concurrent", type=int, metavar="N",
+                   help="trials running at once (overrides max_concurrent; 0 = no limit)")
+    p.add_argument("--address", metavar="ADDR",
+                   help="Ray cluster to join (e.g. auto or ray://head:10001); default: a local Ray")
+    p.add_argument("--storage", metavar="PATH_OR_URI",
+                   help="Ray Tune storage: a shared path or an s3:// / gs:// URI (overrides storage)")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI (overrides tracking_uri)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of this study (same spec), reusing its runs")
+    return p
+
+
+def _flags(args: argparse.Namespace) -> list[tuple[str, Any, str]]:
+    """The location flags as (study path, value, flag text) overrides."""
+    out = []
+    for dest, path, flag in (("max_concurrent", "max_concurrent", "--max-concurrent"),
+                             ("storage", "storage", "--storage"),
+                             ("tracking_uri", "tracking_uri", "--tracking-uri")):
+        value = getattr(args, dest)
+        if value is not None:
+            out.append((path, value, f"{flag} {value}"))
+    return out
+
+
+def _table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
+    """Columns padded to their widest cell; numbers right-aligned."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(row: Sequence[str]) -> str:
+        cells = [str(c).rjust(w) if _numeric(c) else str(c).ljust(w) for c, w in zip(row, widths)]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+
+
+def _numeric(text: Any) -> bool:
+    try:
+        float(str(text))
+        return True
+    except ValueError:
+        return False
+
+
+def _number(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.4f}"
+    return show_value(v)
+
+
+def format_plan(plan: Plan) -> str:
+    """What --dry-run prints: the cells with kind and trials, stages, totals, resources."""
+    s = plan.study
+    seeds = ", ".join(map(str, s.seeds))
+    searched = [c for c in plan.cells if c.space]
+    lines = [f"study {s.name} ({plan.study_path}, spec {plan.spec_hash[:12]})"]
+    if s.description:
+        lines.append(f"  {s.description}")
+    lines.append(f"  {len(plan.cells)} cell(s) x seeds [{seeds}]; select on {plan.metric} "
+                 f"({plan.mode})")
+    if searched:
+        lines.append(f"  search {s.search.algorithm} over {', '.join(s.search.space)} in "
+                     f"{len(searched)} cell(s)")
+    sched = s.scheduler.kind + (f" (grace_period {s.scheduler.asha.grace_period}, reduction_factor "
+                                f"{s.scheduler.asha.reduction_factor:g}, max_t {s.scheduler.asha.max_t})"
+                                if s.scheduler.asha else "")
+    lines.append(f"  scheduler {sched}; retries per trial {s.max_failures}")
+    rows = [[c.id, c.kind, str(c.trials), str(len(c.prerequisites)),
+             f"{c.num_samples} x {', '.join(c.space)}" if c.space else "-", c.label]
+            for c in plan.cells]
+    lines += ["", _table(["cell", "kind", "trials", "needs", "search", "label"], rows), ""]
+    cell_trials = sum(c.trials for c in plan.cells)
+    lines.append(f"stages: stage 1 prerequisites {len(plan.prerequisites)} (run first, shared by "
+                 f"cells; 'needs' counts them per cell), cell trials {cell_trials}")
+    lines.append(f"total trials: {plan.total_trials}")
+    res = ", ".join(f"{k} {v:g}" for k, v in plan.resources.items())
+    lines.append(f"resources per trial: {res}; max concurrent: "
+                 f"{plan.max_concurrent or 'as resources allow'}")
+    lines.append(f"tracking: {plan.tracking_uri}")
+    lines.append(f"storage:  {plan.storage}")
+    return "\n".join(lines)
+
+
+def format_outcome(outcome: StudyOutcome, plan: Plan) -> str:
+    """The results table (best configuration per cell and its test metrics) and how to browse."""
+    header = ["cell", "label", "best configuration", plan.metric,
+              *[m.removeprefix("test/") if m != "test/acc" else m for m in RESULT_METRICS]]
+    rows = []
+    for row in outcome.rows:
+        best = " ".join(f"{k}={_number(v)}" for k, v in (row.get("best_config") or {}).items())
+        rows.append([str(row.get("cell", "?")), str(row.get("label", "")), best or "-",
+                     _number(row.get("metric", row.get(plan.metric))),
+                     *[_number(row.get(m)) for m in RESULT_METRICS]])
+    lines = [_table(header, rows), "",
+             f"trials: {outcome.total_trials}, failed beyond retries: {outcome.failed_trials}; "
+             f"study run {outcome.study_run_id}"]
+    lines += ["", "browse the results:", "  python -m platform.ui"]
+    uri = outcome.tracking_uri or plan.tracking_uri
+    if paths.sqlite_path(uri) is not None:
+        lines.append(f"  mlflow ui --backend-store-uri {uri} --workers 1 --host 127.0.0.1")
+    elif uri.startswith(("http://", "https://")):
+        lines.append(f"  open {uri}")
+    else:
+        lines.append(f"  mlflow ui --backend-store-uri {uri} --workers 1 --host 127.0.0.1")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        study = load_study(args.study, args.overrides, _flags(args))
+        plan = make_plan(study, args.study)
+        if args.address is None:  # a local Ray: this machine is the whole cluster
+            check_fits(plan, *local_capacity())
+    except SpecError as e:
+        print(f"error: invalid study\n{e}", file=sys.stderr)
+        return EXIT_INVALID
+    except PlatformInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except (ValidationError, yaml.YAMLError, FileNotFoundError) as e:  # not raised by our loader
+        print(f"error: invalid study {args.study}: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    print(format_plan(plan), flush=True)
+    if args.dry_run:
+        print("\ndry run: nothing was started")
+        return EXIT_OK
+    from platform.execute import run_study  # imports Ray: only for a valid study that runs
+    try:
+        outcome = run_study(plan, args)
+    except PlatformInputError as e:  # e.g. unwritable storage, --resume of a changed spec
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: python -m platform.run {args.study} --resume",
+              file=sys.stderr)
+        return 130
+    print()
+    print(format_outcome(outcome, plan))
+    return EXIT_FAILED_TRIALS if outcome.failed_trials else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,434 @@
+"""MLflow tracking of a study: experiment = study, runs nested study > cell > trial.
+
+``MLflowStudyCallback`` is a Ray Tune callback running on the driver. It talks to MLflow only
+through an explicit ``mlflow.MlflowClient(tracking_uri)`` (no global active run), so several
+studies and the Tune driver never share hidden state.
+
+- one experiment per study (``study.name``);
+- a study run per execution (tags ``ltbias.level=study``, ``ltbias.spec_hash``,
+  ``ltbias.storage``, ``ltbias.git_commit``; the resolved spec as ``spec/study.yaml``; the spec
+  flattened into params). ``--resume`` reuses the latest study run with the same spec hash and
+  experiment folder instead of opening a new one;
+- a cell run per grid cell, created when its first trial starts (``mlflow.parentRunId`` = study
+  run, ``ltbias.cell``, the cell's grid values as params), and a ``stage1`` cell for the
+  prerequisite fine-tunes; at the end each gets the selected configuration's metrics;
+- a trial run per Tune trial (``mlflow.parentRunId`` = cell run, ``ltbias.trial_id``,
+  ``ltbias.seed``, ``ltbias.optuna_trial``; params = the dotted trial config; metrics per report at
+  step = epoch). A retried or resumed trial finds its run again by ``ltbias.trial_id``.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.utils.validation import (MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH,
+                                     MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH)
+from ray.tune import Callback
+
+from platform.paths import REPO_ROOT, sqlite_path
+from platform.searcher import STAGE1_CELL, strip_meta, study_name, trial_meta
+
+LEVEL, CELL, TRIAL_ID, STUDY_RUN = "ltbias.level", "ltbias.cell", "ltbias.trial_id", "ltbias.study_run"
+SPEC_HASH, STORAGE, GIT_COMMIT = "ltbias.spec_hash", "ltbias.storage", "ltbias.git_commit"
+PARENT = "mlflow.parentRunId"
+LAST_STEP = "ltbias.last_step"
+
+# Tune's own bookkeeping in every result: not measurements of the trial.
+_TUNE_KEYS = frozenset({"timestamp", "pid", "done", "training_iteration", "time_since_restore",
+                        "iterations_since_restore", "time_total_s", "time_this_iter_s",
+                        "should_checkpoint", "trial_id", "date", "hostname", "node_ip",
+                        "experiment_tag", "checkpoint_dir_name"})
+
+
+# --------------------------------------------------------------------------- helpers
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}``; lists of dicts flatten by index, other lists stay values."""
+    out: dict[str, Any] = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+    elif isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
+        for i, value in enumerate(tree):
+            out.update(flatten(value, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = tree
+    return out
+
+
+def finite_metrics(result: dict) -> dict[str, float]:
+    """The trial's own finite numeric values of a Tune result (Tune bookkeeping and config dropped)."""
+    out = {}
+    for key, value in result.items():
+        if key in _TUNE_KEYS or key == "config" or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def result_step(result: dict) -> int:
+    """The MLflow step of a report: its ``epoch`` when present, else Tune's training iteration."""
+    epoch = result.get("epoch")
+    if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) and math.isfinite(epoch):
+        return int(epoch)
+    return int(result.get("training_iteration") or 0)
+
+
+def git_commit(root: Path = REPO_ROOT) -> str | None:
+    """``git rev-parse HEAD`` of the repo, or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _param_value(value: Any) -> str:
+    return str(value)[:MAX_PARAM_VAL_LENGTH]
+
+
+def _tag_value(value: Any) -> str:
+    return str(value)[:MAX_TAG_VAL_LENGTH]
+
+
+def _quote(value: str) -> str:
+    return "'" + str(value).replace("'", "\\'") + "'"
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def error_summary(trial: Any) -> str:
+    """``Type: message`` of a trial's last error (the cause inside Ray's wrapper when available)."""
+    try:
+        exc = trial.get_pickled_error()
+    except Exception:  # noqa: BLE001 - an unreadable error file must not break tracking
+        exc = None
+    if exc is not None:
+        cause = getattr(exc, "cause", None) or exc
+        first = (str(cause).strip().splitlines() or [""])[0]
+        return f"{type(cause).__name__}: {first}".strip()
+    try:
+        text = trial.get_error() or ""
+    except Exception:  # noqa: BLE001
+        text = ""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Artifacts of a SQLite-tracked experiment go next to the DB (MLflow's default is ./mlruns)."""
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        return None  # a tracking server decides where artifacts go
+    return (db.resolve().parent / "mlartifacts" / experiment).as_uri()
+
+
+# --------------------------------------------------------------------------- the tracker
+
+class StudyTracker:
+    """Create or find the study, cell and trial runs of one study execution."""
+
+    def __init__(self, tracking_uri: str, plan: Any, experiment_path: str, *, resume: bool):
+        self.tracking_uri = tracking_uri
+        self.plan = plan
+        self.name = study_name(plan)
+        self.experiment_path = experiment_path
+        self.resume = resume
+        self.study_run_id: str | None = None
+        self._experiment_id: str | None = None
+        self._cell_runs: dict[str, str] = {}
+        self._trial_runs: dict[str, str] = {}
+        self._steps: dict[str, tuple[int, set[str]]] = {}  # run id -> (last step, keys logged there)
+        self._client: MlflowClient | None = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_client"] = None  # reopened on the other side of a pickle (Tuner.restore)
+        return state
+
+    @property
+    def client(self) -> MlflowClient:
+        """The MLflow client, opened on first use."""
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    # ------------------------------------------------------------------ runs
+
+    def experiment_id(self) -> str:
+        """The study's experiment, created on first use."""
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.name)
+            if exp is None:
+                self._experiment_id = self.client.create_experiment(
+                    self.name, artifact_location=default_artifact_location(self.tracking_uri,
+                                                                           self.name))
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    def _find(self, filter_string: str) -> Any | None:
+        runs = self.client.search_runs([self.experiment_id()], filter_string=filter_string,
+                                       max_results=1, order_by=["attributes.start_time DESC"])
+        return runs[0] if runs else None
+
+    def start_study(self) -> str:
+        """The study run: reused on resume (same spec hash and experiment folder), else new."""
+        if self.study_run_id is not None:
+            return self.study_run_id
+        spec_hash = str(getattr(self.plan, "spec_hash", ""))
+        run = None
+        if self.resume:
+            run = self._find(f"tags.`{LEVEL}` = 'study' and tags.`{SPEC_HASH}` = {_quote(spec_hash)}"
+                             f" and tags.`{STORAGE}` = {_quote(self.experiment_path)}")
+        if run is not None:
+            self.study_run_id = run.info.run_id
+            self.client.update_run(self.study_run_id, status="RUNNING")
+            return self.study_run_id
+        tags = {LEVEL: "study", SPEC_HASH: spec_hash, STORAGE: self.experiment_path,
+                "ltbias.study": self.name}
+        commit = git_commit()
+        if commit:
+            tags[GIT_COMMIT] = commit
+        run = self.client.create_run(self.experiment_id(), tags=tags,
+                                     run_name=f"{self.name} {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        self.study_run_id = run.info.run_id
+        study = self.plan.study
+        spec = study.model_dump(mode="json") if hasattr(study, "model_dump") else dict(study)
+        self.log_params(self.study_run_id, flatten(spec))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, "study.yaml")
+            path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+            self.client.log_artifact(self.study_run_id, str(path), artifact_path="spec")
+        return self.study_run_id
+
+    def cell_run(self, cell_id: str) -> str:
+        """The run of cell ``cell_id`` under the study run, found again or created."""
+        if cell_id in self._cell_runs:
+            return self._cell_runs[cell_id]
+        study_run = self.start_study()
+        run = self._find(f"tags.`{STUDY_RUN}` = {_quote(study_run)} and tags.`{LEVEL}` = 'cell'"
+                         f" and tags.`{CELL}` = {_quote(cell_id)}")
+        if run is None:
+            cell = next((c for c in self.plan.cells if c.id == cell_id), None)
+            label = getattr(cell, "label", None) or cell_id
+            tags = {LEVEL: "cell", CELL: cell_id, PARENT: study_run, STUDY_RUN: study_run,
+                    "ltbias.kind": getattr(cell, "kind", "train") if cell else "train",
+                    "ltbias.label": _tag_value(label)}
+            run = self.client.create_run(self.experiment_id(), tags=tags,
+                                         run_name=f"{cell_id} {label}"[:250])
+            if cell is not None:
+                self.log_params(run.info.run_id, dict(getattr(cell, "values", {}) or {}))
+        self._cell_runs[cell_id] = run.info.run_id
+        return run.info.run_id
+
+    def trial_run(self, trial_id: str, config: dict) -> str:
+        """The run of Tune trial ``trial_id``, found again (retry, resume) or created."""
+        if trial_id in self._trial_runs:
+            return self._trial_runs[trial_id]
+        meta = trial_meta(config)
+        cell_id = str(meta.get("cell") or STAGE1_CELL)
+        cell_run = self.cell_run(cell_id)
+        run = self._find(f"tags.`{STUDY_RUN}` = {_quote(self.start_study())} and "
+                         f"tags.`{TRIAL_ID}` = {_quote(trial_id)}")
+        if run is not None:
+            run_id = run.info.run_id
+            last = run.data.tags.get(LAST_STEP)
+            self._steps[run_id] = (int(last), set(run.data.metrics)) if last else (-1, set())
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            tags = {LEVEL: "trial", TRIAL_ID: trial_id, CELL: cell_id, PARENT: cell_run,
+                    STUDY_RUN: self.start_study(), "ltbias.seed": str(meta.get("seed")),
+                    "ltbias.optuna_trial": str(meta.get("optuna_trial")),
+                    "ltbias.stage": str(meta.get("stage"))}
+            name = f"{cell_id}/o{meta.get('optuna_trial')}/s{meta.get('seed')}/{trial_id}"
+            run_id = self.client.create_run(self.experiment_id(), tags=tags,
+                                            run_name=name).info.run_id
+            self.log_params(run_id, flatten(strip_meta(config)))
+        self._trial_runs[trial_id] = run_id
+        return run_id
+
+    # ------------------------------------------------------------------ logging
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Log params (values cut to MLflow's limit) in batches of MLflow's maximum size."""
+        items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, params=chunk, synchronous=True)
+
+    def log_result(self, run_id: str, result: dict) -> None:
+        """Log one report's finite metrics at step = epoch; a step already logged is not repeated."""
+        step = result_step(result)
+        last, seen = self._steps.get(run_id, (-1, set()))
+        metrics = finite_metrics(result)
+        if step < last:
+            return  # replay after a restore from an earlier checkpoint: already in the history
+        if step == last:
+            metrics = {k: v for k, v in metrics.items() if k not in seen}
+            seen = seen | set(metrics)
+        else:
+            seen = set(metrics)
+        self._steps[run_id] = (step, seen)
+        if not metrics:
+            return
+        now = int(time.time() * 1000)
+        items = [Metric(k, v, now, step) for k, v in metrics.items()]
+        chunks = list(_chunks(items, MAX_METRICS_PER_BATCH))
+        for i, chunk in enumerate(chunks):
+            tags = [RunTag(LAST_STEP, str(step))] if i == len(chunks) - 1 else []
+            self.client.log_batch(run_id, metrics=chunk, tags=tags, synchronous=True)
+
+    def log_summary(self, run_id: str, metrics: dict[str, Any], params: dict[str, Any]) -> None:
+        """Log a cell's (or the study's) summary metrics and the selected params (params once)."""
+        items = [Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+        for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=chunk, synchronous=True)
+        logged = self.client.get_run(run_id).data.params
+        self.log_params(run_id, {k: v for k, v in params.items() if k not in logged})
+
+    def end(self, run_id: str, status: str) -> None:
+        """Terminate a run with an MLflow status name (FINISHED, FAILED, KILLED)."""
+        RunStatus.from_string(status)  # raises on a typo
+        self.client.set_terminated(run_id, status=status)
+
+
+class MLflowStudyCallback(Callback):
+    """Ray Tune callback logging a study to MLflow as study > cell > trial runs."""
+
+    def __init__(self, tracking_uri: str, plan: Any, experiment_path: str, *, resume: bool = False):
+        self.tracker = StudyTracker(tracking_uri, plan, experiment_path, resume=resume)
+        self.plan = plan
+        self._open: set[str] = set()  # trial runs started and not yet finished or failed
+
+    @property
+    def study_run_id(self) -> str | None:
+        """The study run of this execution (after ``setup``)."""
+        return self.tracker.study_run_id
+
+    def setup(self, stop: Any = None, num_samples: int | None = None,
+              total_num_samples: int | None = None, **info: Any) -> None:
+        """Open (or, on resume, find) the study run before the first trial starts."""
+        self.tracker.start_study()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Create or reopen the trial's run (a retried trial keeps its run)."""
+        self._open.add(self.tracker.trial_run(trial.trial_id, trial.config))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        """Log the report's metrics at step = epoch."""
+        self.tracker.log_result(self.tracker.trial_run(trial.trial_id, trial.config), result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Log the final checkpoint's ``artifacts/`` and mark the run FINISHED."""
+        run_id = self.tracker.trial_run(trial.trial_id, trial.config)
+        checkpoint = trial.checkpoint
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                artifacts = Path(folder, "artifacts")
+                if artifacts.is_dir():
+                    self.tracker.client.log_artifacts(run_id, str(artifacts), "artifacts")
+        self.tracker.end(run_id, "FINISHED")
+        self._open.discard(run_id)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Mark the run FAILED with the error's first line (after Tune's retries are used up)."""
+        run_id = self.tracker.trial_run(trial.trial_id, trial.config)
+        self.tracker.client.set_tag(run_id, "ltbias.error", _tag_value(error_summary(trial)))
+        self.tracker.end(run_id, "FAILED")
+        self._open.discard(run_id)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Note a retry on the trial's run; the same run continues."""
+        run_id = self.tracker.trial_run(trial.trial_id, trial.config)
+        self.tracker.client.set_tag(run_id, "ltbias.retries", str(trial.num_failures))
+        self.tracker.client.set_tag(run_id, "ltbias.last_error", _tag_value(error_summary(trial)))
+
+    def interrupt(self) -> None:
+        """Mark the study, its cells and unfinished trials KILLED (``--resume`` reopens them)."""
+        for run_id in sorted(self._open):
+            self.tracker.end(run_id, "KILLED")
+        self._open.clear()
+        for run_id in self.tracker._cell_runs.values():
+            self.tracker.end(run_id, "KILLED")
+        self.tracker.end(self.tracker.start_study(), "KILLED")
+
+    def finish(self, rows: list[dict], failed_trials: int, status: str = "FINISHED") -> None:
+        """Log each cell's selected configuration to its run and close the cell and study runs."""
+        metric = self.plan.metric
+        for row in rows:
+            run_id = self.tracker.cell_run(str(row["cell"]))
+            metrics = {f"best/{k}": v for k, v in row.items()
+                       if k == metric or k.startswith(("val/", "test/"))}
+            metrics["n_trials"] = row.get("n_trials", 0)
+            params = {f"best.{k}": v for k, v in (row.get("best_config") or {}).items()}
+            self.tracker.log_summary(run_id, metrics, params)
+        for run_id in self.tracker._cell_runs.values():
+            self.tracker.end(run_id, status)
+        study_run = self.tracker.start_study()
+        self.tracker.log_summary(study_run, {"failed_trials": failed_trials,
+                                             "cells_done": len(rows)}, {})
+        self.tracker.end(study_run, status)
+
+    def get_state(self) -> dict | None:
+        """Run ids known so far (a resumed driver would find them by tag anyway)."""
+        return {"study_run_id": self.tracker.study_run_id,
+                "cell_runs": dict(self.tracker._cell_runs),
+                "trial_runs": dict(self.tracker._trial_runs)}
+
+    def set_state(self, state: dict) -> None:
+        """Restore run ids saved by ``get_state`` (Tune calls this when it resumes an experiment);
+        trial runs are found again by tag, with their last logged step."""
+        self.tracker.resume = True
+        if state.get("study_run_id") and self.tracker.study_run_id is None:
+            self.tracker.study_run_id = state["study_run_id"]
+            self.tracker.client.update_run(state["study_run_id"], status="RUNNING")
+        self.tracker._cell_runs.update(state.get("cell_runs") or {})
+
+
+def check_tracking(tracking_uri: str) -> None:
+    """Raise ``ConnectionError`` naming the URI when the MLflow tracking store cannot be reached."""
+    if tracking_uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - user's server
+                if resp.status != 200:
+                    raise ConnectionError(f"{url} answered HTTP {resp.status}")
+        except (urllib.error.URLError, OSError) as exc:
+            raise ConnectionError(f"MLflow tracking server {tracking_uri} is unreachable ({exc}); "
+                                  "start it (mlflow server ...) or pass another --tracking-uri"
+                                  ) from exc
+        return
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        try:
+            db.resolve().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConnectionError(f"--tracking-uri {tracking_uri}: cannot create the folder of "
+                                  f"{db} ({exc}); pass a writable path") from exc
+    try:
+        MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any failure means the store is unusable
+        raise ConnectionError(f"MLflow tracking store {tracking_uri} cannot be opened: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                              "pass a working --tracking-uri") from exc
+
+
+__all__ = ["MLflowStudyCallback", "StudyTracker", "check_tracking", "error_summary", "finite_metrics",
+           "flatten", "git_commit", "result_step"]

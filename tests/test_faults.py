@@ -1,0 +1,402 @@
+"""Surviving faults with real processes on loopback: a worker node dies, the driver is SIGKILLed,
+a loss turns NaN, the tracking server or the storage is unreachable, a checkpoint is truncated.
+
+Every end-to-end test runs ``python -m platform.run`` as a subprocess on a tiny toy study, reads
+what the study left behind (MLflow runs, Ray Tune result files, Optuna's database) and checks that
+each trial ran to completion exactly once, with exactly one MLflow run. The 2-node test writes its
+measurements to tests/_artifacts/node_kill.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "tests" / "_artifacts"
+RAY = Path(sys.executable).with_name("ray")
+
+pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process trees from /proc (Linux)")
+
+# A toy study whose trials run long enough (many cheap epochs) to be interrupted mid-run.
+TOY_STUDY = {
+    "dataset": {"name": "toy_lt", "imbalance_ratio": 10, "val_per_class": 5,
+                "world": {"num_classes": 6, "n_max": 60, "test_per_class": 10}},
+    "backbones": [{"pretrain": {"corpus_size": 600, "epochs": 1, "width": 32, "depth": 1}}],
+    "finetune": {"peft": "adaptformer", "head": "cosine", "epochs": 12, "batch_size": 32,
+                 "augment": False},
+    "method": {"name": "ce"},
+    "scheduler": {"fifo": {}},
+    "resources": {"cpu": 1, "gpu": 0},
+    "max_failures": 2,
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def write_study(folder: Path, name: str, **fields) -> Path:
+    """A study file ``folder/name.yaml``: TOY_STUDY with ``fields`` replacing top-level keys."""
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, **TOY_STUDY, **fields}, sort_keys=False))
+    return path
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (loopback)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def study_env(outputs: Path) -> dict[str, str]:
+    """The environment of a study subprocess: results under ``outputs``, no cluster inherited."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update(RAY_AUTH_MODE="disabled", LTBIAS_OUTPUTS=str(outputs), PYTHONUNBUFFERED="1",
+               RAY_DEDUP_LOGS="0", HF_HUB_OFFLINE="1")
+    return env
+
+
+def start_cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``python -m platform.run ARGS`` in its own process group, output to ``log``."""
+    with open(log, "wb") as fh:
+        return subprocess.Popen([sys.executable, "-m", "platform.run", *args], cwd=REPO, env=env,
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, float]:
+    """(exit status, output, seconds) of ``python -m platform.run ARGS``."""
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "platform.run", *args], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    return out.returncode, out.stdout + out.stderr, time.monotonic() - t0
+
+
+def tree_pids(pid: int) -> set[int]:
+    """``pid`` and its live descendants, from /proc (no psutil in the environment)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        if p not in out and Path(f"/proc/{p}").exists():
+            out.add(p)
+            todo += children.get(p, [])
+    return out
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to ``pid`` and every process below it (only processes this test started)."""
+    pids = tree_pids(pid)
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"  # a zombie is dead, only not reaped yet
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float, proc: subprocess.Popen | None = None,
+             log: Path | None = None, every: float = 0.2) -> object:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` (and the log tail)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(every)
+    tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
+    pytest.fail(f"timed out waiting for {what}\n{tail}")
+
+
+def trial_results(experiment: Path) -> dict[str, list[dict]]:
+    """Tune's result.json lines of every trial folder of ``experiment`` (by trial id)."""
+    out: dict[str, list[dict]] = {}
+    for file in experiment.glob("*/result.json"):
+        rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        if rows:
+            out[rows[0]["trial_id"]] = rows
+    return out
+
+
+def trial_runs(tracking_uri: str, study: str) -> list:
+    """The trial-level MLflow runs of ``study``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(study)
+    assert exp is not None, f"no MLflow experiment {study!r}"
+    return client.search_runs([exp.experiment_id], "tags.`ltbias.level` = 'trial'", max_results=1000)
+
+
+def assert_one_finished_run_per_trial(runs: list, trial_ids: set[str]) -> None:
+    """Exactly one MLflow run per Tune trial, each FINISHED."""
+    ids = [r.data.tags.get("ltbias.trial_id") for r in runs]
+    assert sorted(ids) == sorted(trial_ids), (ids, trial_ids)
+    assert {r.info.status for r in runs} == {"FINISHED"}, [(r.data.tags.get("ltbias.trial_id"), r.info.status) for r in runs]
+
+
+def epochs_of(rows: list[dict]) -> list[int]:
+    """The epochs a trial reported, in order (a restore shows as a step back or a gap)."""
+    return [int(r["epoch"]) for r in rows if "epoch" in r]
+
+
+# --------------------------------------------------------------------------- a 2-node cluster
+
+class LoopbackCluster:
+    """A Ray head and one worker node on 127.0.0.1, each a ``ray start --block`` process tree
+    with its own temp dir and ports, so that killing one node kills nothing else on the machine
+    (``ray stop`` would stop every Ray on it)."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.port = free_port()
+        self.nodes: dict[str, subprocess.Popen] = {}
+        self.temp_dirs: list[str] = []
+
+    @property
+    def address(self) -> str:
+        """The GCS address drivers join."""
+        return f"127.0.0.1:{self.port}"
+
+    def _start(self, role: str, args: list[str]) -> None:
+        # Unix socket paths must stay short: a fresh /tmp folder, not pytest's deep tmp_path.
+        temp = tempfile.mkdtemp(prefix=f"ray{role[0]}", dir="/tmp")
+        self.temp_dirs.append(temp)
+        env = study_env(self.logs)
+        # Notice a dead node within seconds instead of Ray's default of about half a minute.
+        env.update(RAY_health_check_period_ms="500", RAY_health_check_timeout_ms="1000",
+                   RAY_health_check_failure_threshold="4")
+        ports = ["--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port",
+                 str(free_port()), "--metrics-export-port", str(free_port()),
+                 "--runtime-env-agent-port", str(free_port())]
+        cmd = [str(RAY), "start", "--block", "--num-cpus", "1", "--num-gpus", "0",
+               "--node-ip-address", "127.0.0.1", "--temp-dir", temp,
+               "--object-store-memory", str(150 * 1024**2), "--disable-usage-stats", *ports, *args]
+        with open(self.logs / f"ray-{role}.log", "wb") as fh:
+            self.nodes[role] = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+
+    def start(self) -> None:
+        """Start the head, then the worker; return once the cluster has 2 CPUs."""
+        self._start("head", ["--head", "--port", str(self.port), "--include-dashboard=false"])
+        wait_for("the Ray head", lambda: self._cpus() >= 1, 90, self.nodes["head"],
+                 self.logs / "ray-head.log", every=1.0)
+        self._start("worker", ["--address", self.address])
+        wait_for("the Ray worker node", lambda: self._cpus() >= 2, 90, self.nodes["worker"],
+                 self.logs / "ray-worker.log", every=1.0)
+
+    def _cpus(self) -> float:
+        """Alive CPUs in the cluster, asked through a short-lived driver (0 when unreachable)."""
+        code = (f"import ray; ray.init(address={self.address!r}, logging_level='ERROR', "
+                "log_to_driver=False); print(ray.cluster_resources().get('CPU', 0))")
+        try:
+            out = subprocess.run([sys.executable, "-c", code], env=study_env(self.logs),
+                                 capture_output=True, text=True, timeout=30)
+            return float(out.stdout.strip().splitlines()[-1])
+        except (subprocess.TimeoutExpired, ValueError, IndexError):
+            return 0.0
+
+    def worker_pids(self) -> set[int]:
+        """Every process of the worker node (raylet, agents, trial actors)."""
+        return tree_pids(self.nodes["worker"].pid)
+
+    def kill(self, role: str) -> None:
+        """SIGKILL every process of one node: an abrupt machine loss."""
+        kill_tree(self.nodes[role].pid)
+
+    def stop(self) -> None:
+        """Kill both nodes (teardown)."""
+        for role in ("worker", "head"):
+            if role in self.nodes:
+                kill_tree(self.nodes[role].pid, signal.SIGTERM)
+                kill_tree(self.nodes[role].pid)
+
+
+# --------------------------------------------------------------------------- the tests
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_worker_node_killed_mid_study_trials_resume_from_checkpoint_one_run_each(tmp_path: Path) -> None:
+    seeds = [0, 1, 2, 3]
+    study = write_study(tmp_path, "node-kill", seeds=seeds)
+    outputs = tmp_path / "outputs"
+    tracking = f"sqlite:///{outputs / 'mlflow.db'}"
+    experiment = outputs / "ray_results" / "node-kill"
+    cluster = LoopbackCluster(tmp_path)
+    t0 = time.monotonic()
+    try:
+        cluster.start()
+        log = tmp_path / "driver.log"
+        driver = start_cli([str(study), "--address", cluster.address], study_env(outputs), log)
+
+        def worker_trial_mid_run() -> str | None:
+            """A trial running on the worker node that has checkpointed and has epochs to go."""
+            pids = cluster.worker_pids()
+            for trial_id, rows in trial_results(experiment).items():
+                last = rows[-1]
+                if last.get("pid") in pids and not last.get("done") and \
+                        2 <= last.get("epoch", 0) <= TOY_STUDY["finetune"]["epochs"] - 3:
+                    return trial_id
+            return None
+
+        victim = wait_for("a trial checkpointed on the worker node", worker_trial_mid_run, 150,
+                          driver, log, every=0.1)
+        killed_at = max(epochs_of(trial_results(experiment)[victim]))
+        cluster.kill("worker")
+        code = driver.wait(timeout=200)
+        wall = time.monotonic() - t0
+        text = log.read_text(errors="replace")
+        assert code == 0, text[-4000:]
+    finally:
+        cluster.stop()
+
+    results = trial_results(experiment)
+    assert len(results) == len(seeds)
+    epochs = TOY_STUDY["finetune"]["epochs"]
+    for rows in results.values():  # every trial reached its last epoch and the final report
+        assert max(epochs_of(rows)) == epochs and "test/acc" in rows[-1]
+    victim_epochs = epochs_of(results[victim])
+    # Resumed from its last checkpoint: epoch 1 ran once, and no epoch ran more than twice (only
+    # the ones after the last checkpoint that reached storage can repeat).
+    assert victim_epochs.count(1) == 1, victim_epochs
+    assert max(victim_epochs.count(e) for e in set(victim_epochs)) <= 2, victim_epochs
+
+    runs = trial_runs(tracking, "node-kill")
+    assert_one_finished_run_per_trial(runs, set(results))
+    retries = {r.data.tags["ltbias.trial_id"]: int(r.data.tags.get("ltbias.retries", 0)) for r in runs}
+    assert retries[victim] >= 1, retries
+
+    record = {"trials": len(results), "trials_planned": len(seeds), "mlflow_trial_runs": len(runs),
+              "retries_total": sum(retries.values()), "retries_per_trial": retries,
+              "killed_trial": victim, "killed_after_epoch": killed_at,
+              "victim_epochs_reported": victim_epochs, "wall_time_s": round(wall, 1),
+              "epochs_per_trial": epochs, "nodes": 2, "cpus_per_node": 1}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "node_kill.json").write_text(json.dumps(record, indent=1) + "\n")
+    print("node kill:", json.dumps(record))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_driver_sigkilled_then_resume_finishes_without_rerunning_or_duplicating(tmp_path: Path) -> None:
+    samples = 4
+    study = write_study(tmp_path, "driver-kill", max_concurrent=1, seeds=[0],
+                        search={"algorithm": "optuna", "num_samples": samples,
+                                "space": {"finetune.lr": {"logfloat": [0.001, 0.1]}}})
+    outputs = tmp_path / "outputs"
+    tracking = f"sqlite:///{outputs / 'mlflow.db'}"
+    experiment = outputs / "ray_results" / "driver-kill"
+    env = study_env(outputs)
+    log = tmp_path / "driver.log"
+    driver = start_cli([str(study)], env, log)
+    try:
+        def one_done_one_mid_run() -> bool:
+            res = trial_results(experiment)
+            done = [r for r in res.values() if r[-1].get("done") or "test/acc" in r[-1]]
+            running = [r for r in res.values() if not (r[-1].get("done") or "test/acc" in r[-1])
+                       and r[-1].get("epoch", 0) >= 2]
+            return len(done) >= 1 and len(running) >= 1
+
+        wait_for("one finished trial and one mid-run", one_done_one_mid_run, 200, driver, log, every=0.1)
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, at once
+        driver.wait(timeout=30)
+    finally:
+        kill_tree(driver.pid)
+    before = trial_results(experiment)
+    finished_before = {t: len(rows) for t, rows in before.items() if "test/acc" in rows[-1]}
+    assert finished_before and len(finished_before) < samples
+
+    code, text, _ = run_cli([str(study), "--resume"], env, timeout=240)
+    assert code == 0, text[-4000:]
+
+    after = trial_results(experiment)
+    assert len(after) == samples, sorted(after)
+    for trial_id, n in finished_before.items():  # finished trials were not run again
+        assert len(after[trial_id]) == n, trial_id
+    for rows in after.values():
+        assert max(epochs_of(rows)) == TOY_STUDY["finetune"]["epochs"] and "test/acc" in rows[-1]
+    assert_one_finished_run_per_trial(trial_runs(tracking, "driver-kill"), set(after))
+    # Optuna continued the same study: as many Optuna trials as planned, not one more.
+    with sqlite3.connect(outputs / "optuna.db") as db:
+        counts = dict(db.execute("SELECT s.study_name, COUNT(t.trial_id) FROM studies s "
+                                 "JOIN trials t ON t.study_id = s.study_id GROUP BY s.study_name"))
+    assert list(counts.values()) == [samples], counts
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_nan_loss_fails_that_trial_with_its_reason_and_the_study_goes_on(tmp_path: Path) -> None:
+    # Two cells: 1 epoch (never reaches the fault) and 3 epochs (NaN at epoch 2, on every retry).
+    study = write_study(tmp_path, "nan-loss", max_failures=1,
+                        grid={"finetune.epochs": [1, 3]})
+    outputs = tmp_path / "outputs"
+    code, text, _ = run_cli([str(study), "--set", "runtime.fault=nan_at_epoch:2"],
+                            study_env(outputs), timeout=220)
+    assert code == 1, text[-4000:]
+    runs = trial_runs(f"sqlite:///{outputs / 'mlflow.db'}", "nan-loss")
+    by_status = {r.info.status: r for r in runs}
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"], [r.info.status for r in runs]
+    failed = by_status["FAILED"]
+    assert failed.params["finetune.epochs"] == "3"
+    reason = failed.data.tags.get("ltbias.error", "")
+    assert "NonFiniteLossError" in reason and "epoch 2" in reason, reason
+    assert by_status["FINISHED"].params["finetune.epochs"] == "1"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_unreachable_tracking_server_fails_fast_before_any_trial(tmp_path: Path) -> None:
+    study = write_study(tmp_path, "no-tracking")
+    uri = f"http://127.0.0.1:{free_port()}"
+    code, text, seconds = run_cli([str(study), "--tracking-uri", uri], study_env(tmp_path / "o"), 90)
+    assert code == 2, text[-3000:]
+    assert uri in text and "Traceback" not in text
+    assert seconds < 30, seconds
+    assert not (tmp_path / "o" / "ray_results" / "no-tracking").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_unwritable_storage_fails_fast_before_any_trial(tmp_path: Path) -> None:
+    study = write_study(tmp_path, "no-storage")
+    # A path below a regular file cannot be created, even by root (who may write anywhere else).
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    storage = str(blocker / "ray_results")
+    code, text, seconds = run_cli([str(study), "--storage", storage], study_env(tmp_path / "o"), 90)
+    assert code == 2, text[-3000:]
+    assert storage in text and "Traceback" not in text
+    assert seconds < 30, seconds

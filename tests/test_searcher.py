@@ -1,0 +1,173 @@
+"""CellSearcher: stage-1 first, post-hoc cells wait, seed groups, Optuna bookkeeping, restore.
+
+No Ray cluster here: the searcher is driven by hand the way Tune drives it (suggest, then
+on_trial_complete with the trial's last result).
+"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from platform.plan import make_plan
+from platform.searcher import (META_KEY, STAGE1_CELL, CellSearcher, get_path, optuna_distributions,
+                               set_path, space_values, strip_meta, trial_meta)
+from platform.spec import load_study
+from trainables.config import TrialConfig
+
+STUDY = """
+name: searcher-test
+dataset:
+  name: toy_lt
+  imbalance_ratio: 10
+  val_per_class: 5
+  world: {{num_classes: 5, n_max: 40, test_per_class: 10, image_size: 16}}
+backbones:
+  - {{family: toy, pretrain: {{corpus_size: 1000, epochs: 3, width: 32, depth: 1}}}}
+finetune: {{peft: linear, head: linear, epochs: 2, lr: 0.5, batch_size: 64, augment: false}}
+method: {{name: ce}}
+grid:
+  method.name: [ce, posthoc_la]
+search:
+  algorithm: optuna
+  num_samples: 2
+  where: {{method.name: [ce]}}
+  space:
+    finetune.lr: {{logfloat: [0.01, 1.0]}}
+seeds: [0, 1]
+storage: {tmp}/storage
+tracking_uri: sqlite:///{tmp}/mlflow.db
+"""
+
+
+@pytest.fixture()
+def plan(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY.format(tmp=tmp_path), encoding="utf-8")
+    return make_plan(load_study(path), str(path))
+
+
+def _suggest_all(searcher: CellSearcher, n: int, start: int = 0) -> list[tuple[str, dict]]:
+    out = []
+    for i in range(start, start + n):
+        config = searcher.suggest(f"t{i}")
+        assert isinstance(config, dict), f"suggestion {i} was {config!r}"
+        out.append((f"t{i}", config))
+    return out
+
+
+def _optuna_trials(plan, cell_id: str) -> list:
+    study = optuna.load_study(study_name=f"{plan.study.name}/{cell_id}", storage=plan.optuna_storage)
+    return study.get_trials(deepcopy=False)
+
+
+def test_plan_counts_match_the_searcher(plan):
+    assert [c.kind for c in plan.cells] == ["train", "posthoc"]
+    assert len(plan.prerequisites) == 2  # the ce fine-tune of each seed, for posthoc_la
+    assert CellSearcher(plan).total_trials == plan.total_trials == 2 + 2 * 2 + 1
+
+
+def test_stage1_prerequisites_come_first_and_posthoc_waits_for_them(plan):
+    s = CellSearcher(plan)
+    emitted = _suggest_all(s, 6)
+    cells = [trial_meta(c)["cell"] for _, c in emitted]
+    assert cells == [STAGE1_CELL, STAGE1_CELL, "c00", "c00", "c00", "c00"]
+    assert s.suggest("t6") is None  # posthoc cell waits: stage 1 still running
+    s.on_trial_complete("t0", {"val/acc": 0.3})
+    assert s.suggest("t6") is None
+    s.on_trial_complete("t1", error=True)  # an errored prerequisite still ends the wait
+    posthoc = s.suggest("t6")
+    assert trial_meta(posthoc)["cell"] == "c01" and trial_meta(posthoc)["stage"] == 2
+    assert posthoc["seeds"] == [0, 1]  # one trial: the trainable averages the seeds itself
+    assert s.suggest("t7") == Searcher.FINISHED
+
+
+def test_every_config_validates_as_a_trial_config_once_meta_is_stripped(plan):
+    s = CellSearcher(plan)
+    for _, config in _suggest_all(s, 6):
+        assert META_KEY in config
+        TrialConfig.model_validate(strip_meta(config))
+
+
+def test_seed_group_shares_params_and_tells_optuna_the_mean_when_complete(plan):
+    s = CellSearcher(plan)
+    emitted = dict(_suggest_all(s, 6))
+    a, b = emitted["t2"], emitted["t3"]
+    assert (a["seed"], b["seed"]) == (0, 1)
+    assert a["finetune"]["lr"] == b["finetune"]["lr"]
+    assert trial_meta(a)["optuna_trial"] == trial_meta(b)["optuna_trial"] == 0
+    s.on_trial_complete("t2", {"val/acc": 0.4})
+    assert _optuna_trials(plan, "c00")[0].state == TrialState.RUNNING  # half a group: no tell
+    s.on_trial_complete("t3", {"val/acc": 0.6})
+    first = _optuna_trials(plan, "c00")[0]
+    assert first.state == TrialState.COMPLETE and first.value == pytest.approx(0.5)
+    assert first.params["finetune.lr"] == a["finetune"]["lr"]
+
+
+def test_failed_member_is_left_out_and_a_group_without_values_fails(plan):
+    s = CellSearcher(plan)
+    _suggest_all(s, 6)
+    s.on_trial_complete("t2", error=True)
+    s.on_trial_complete("t3", {"val/acc": 0.7})
+    s.on_trial_complete("t4", {"val/acc": float("nan")})  # a NaN metric is no value
+    s.on_trial_complete("t5", error=True)
+    first, second = _optuna_trials(plan, "c00")
+    assert first.state == TrialState.COMPLETE and first.value == pytest.approx(0.7)
+    assert second.state == TrialState.FAIL
+
+
+def test_restore_continues_without_repeating_and_fails_orphaned_optuna_trials(plan, tmp_path):
+    s1 = CellSearcher(plan)
+    _suggest_all(s1, 3)  # two stage-1 trials, first seed of group 0
+    s1.save(str(tmp_path / "searcher.pkl"))
+    _suggest_all(s1, 2, start=3)  # asks Optuna trial 1; the crash loses this bookkeeping
+
+    s2 = CellSearcher(plan)
+    s2.restore(str(tmp_path / "searcher.pkl"))
+    rest = _suggest_all(s2, 3, start=3)
+    assert [trial_meta(c)["cell"] for _, c in rest] == ["c00"] * 3
+    assert [(trial_meta(c)["optuna_trial"], c["seed"]) for _, c in rest] == [(0, 1), (2, 0), (2, 1)]
+    states = {t.number: t.state for t in _optuna_trials(plan, "c00")}
+    assert states[1] == TrialState.FAIL  # asked after the checkpoint, never run: not left RUNNING
+    for tid in ("t0", "t1"):
+        s2.on_trial_complete(tid, {"val/acc": 0.5})
+    assert trial_meta(s2.suggest("t6"))["cell"] == "c01"
+    assert s2.suggest("t7") == Searcher.FINISHED
+
+
+def test_fresh_execution_discards_optuna_studies_of_an_earlier_one(plan):
+    s1 = CellSearcher(plan)
+    _suggest_all(s1, 3)
+    assert len(_optuna_trials(plan, "c00")) == 1
+    s2 = CellSearcher(plan)
+    s2.reset_studies()
+    _suggest_all(s2, 3)
+    assert [t.number for t in _optuna_trials(plan, "c00")] == [0]
+
+
+def test_subset_becomes_a_non_empty_index_list_and_simplex_weights_sum_to_one():
+    space = {"backdoor.strata": {"subset": 3}, "backdoor.weights": {"simplex": 3},
+             "backdoor.confounders": {"int": [1, 3]}}
+    dists = optuna_distributions(space)
+    assert sorted(dists) == ["backdoor.confounders", *(f"backdoor.strata.{i}" for i in range(3)),
+                             *(f"backdoor.weights.{i}" for i in range(3))]
+    params = {"backdoor.strata.0": True, "backdoor.strata.1": False, "backdoor.strata.2": True,
+              "backdoor.weights.0": 0.2, "backdoor.weights.1": 0.6, "backdoor.weights.2": 0.2,
+              "backdoor.confounders": 2}
+    values = space_values(space, params, number=4)
+    assert values["backdoor.strata"] == [0, 2]
+    assert values["backdoor.weights"] == pytest.approx([0.2, 0.6, 0.2])
+    empty = dict(params, **{f"backdoor.strata.{i}": False for i in range(3)})
+    assert space_values(space, empty, number=4)["backdoor.strata"] == [1]  # repaired: 4 % 3
+
+
+def test_dotted_paths_set_nested_and_list_values():
+    config = {"finetune": {"lr": 0.1}, "pool": [{"name": "a"}, {"name": "b"}]}
+    set_path(config, "finetune.lr", 0.5)
+    set_path(config, "pool.1.name", "z")
+    assert get_path(config, "finetune.lr") == 0.5 and config["pool"][1]["name"] == "z"
+    assert get_path(config, "pool.7.name", "missing") == "missing"
+    with pytest.raises(KeyError, match="finetune.lr"):
+        set_path(config, "finetune.lr.x", 1)

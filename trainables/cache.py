@@ -1,0 +1,187 @@
+"""The content-addressed stage-1 cache: val/test logits of one fine-tune, keyed by what determines them.
+
+Layout: ``<cache_dir>/stage1/<key[:2]>/<key>/`` with ``logits.parquet`` (split, index, label,
+logits list<float32>) and ``meta.json``. Entries are written to a temporary directory and renamed
+into place, so a reader never sees half an entry; a file lock per key makes racing trials compute once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from filelock import FileLock
+
+from trainables.config import TrialConfig
+from trainables.methods import get_method
+
+# Fields that never change a stage-1 result (display names, where files go).
+_IGNORED_FIELDS = {"backbone": {"label"}}
+
+
+@dataclass
+class Stage1Result:
+    """What a stage-1 fine-tune leaves behind for stage-2 methods and reports."""
+
+    val_logits: np.ndarray   # [N_val, C] float32
+    val_labels: np.ndarray   # [N_val] int64
+    test_logits: np.ndarray  # [N_test, C] float32
+    test_labels: np.ndarray  # [N_test] int64
+    train_counts: np.ndarray
+    group_counts: np.ndarray
+    group_rule: str
+    class_names: list[str]
+    q_hat: np.ndarray | None = None
+    history: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+
+def stage1_key(cfg: TrialConfig) -> str:
+    """sha256 of the canonical JSON of (dataset, backbone, finetune, method, seed)."""
+    payload = {name: getattr(cfg, name).model_dump(mode="json", exclude=_IGNORED_FIELDS.get(name))
+               for name in ("dataset", "backbone", "finetune")}
+    # Only the hyper-parameters the method reads: a post-hoc tau search must not retrain its base model.
+    method = get_method(cfg.method.name)
+    payload["method"] = {"name": cfg.method.name, **{p: getattr(cfg.method, p) for p in method.params}}
+    payload["seed"] = cfg.seed
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Stage1Cache:
+    """Stage-1 entries under ``<cache_dir>/stage1``."""
+
+    def __init__(self, cache_dir: str) -> None:
+        self.root = os.path.join(cache_dir, "stage1")
+
+    def path(self, key: str) -> str:
+        """The entry directory of ``key``."""
+        return os.path.join(self.root, key[:2], key)
+
+    def get(self, key: str) -> Stage1Result | None:
+        """The stored entry, or None when there is none."""
+        path = self.path(key)
+        if not os.path.isfile(os.path.join(path, "meta.json")):
+            return None
+        return read_entry(path)
+
+    def put(self, key: str, result: Stage1Result) -> str:
+        """Store ``result`` atomically; an existing entry wins (same key = same computation)."""
+        final = self.path(key)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=os.path.dirname(final))
+        try:
+            write_entry(tmp, result)
+            try:
+                os.rename(tmp, final)  # atomic; fails when another writer got there first
+            except OSError:
+                if not os.path.isfile(os.path.join(final, "meta.json")):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    def lock(self, key: str) -> FileLock:
+        """The inter-process lock of ``key``'s entry (held while the entry is being computed)."""
+        os.makedirs(os.path.join(self.root, key[:2]), exist_ok=True)
+        return FileLock(self.path(key) + ".lock")
+
+    def get_or_create(self, key: str, fn: Callable[[], Stage1Result]) -> Stage1Result:
+        """The entry of ``key``; computed by ``fn`` under a file lock when missing (once across processes)."""
+        hit = self.get(key)
+        if hit is not None:
+            return hit
+        with self.lock(key):
+            hit = self.get(key)  # another process may have finished while we waited
+            if hit is not None:
+                return hit
+            result = fn()
+            self.put(key, result)
+            return result
+
+
+def write_entry(path: str, r: Stage1Result) -> None:
+    """Write ``r`` as logits.parquet + meta.json into directory ``path``."""
+    os.makedirs(path, exist_ok=True)
+    pq.write_table(logits_table({"val": (r.val_logits, r.val_labels), "test": (r.test_logits, r.test_labels)}),
+                   os.path.join(path, "logits.parquet"))
+    meta = {
+        "train_counts": np.asarray(r.train_counts).tolist(),
+        "group_counts": np.asarray(r.group_counts).tolist(),
+        "group_rule": r.group_rule,
+        "class_names": list(r.class_names),
+        "q_hat": None if r.q_hat is None else np.asarray(r.q_hat, dtype=np.float64).tolist(),
+        "history": [_json_safe(h) for h in r.history],
+        "metrics": _json_safe(r.metrics),
+        "config": r.config,
+    }
+    with open(os.path.join(path, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1, allow_nan=False)
+
+
+def read_entry(path: str) -> Stage1Result:
+    """Read an entry directory written by ``write_entry``."""
+    with open(os.path.join(path, "meta.json")) as f:
+        meta = json.load(f)
+    table = pq.read_table(os.path.join(path, "logits.parquet"))
+    arrays = {split: _split_arrays(table, split) for split in ("val", "test")}
+    return Stage1Result(
+        val_logits=arrays["val"][0], val_labels=arrays["val"][1],
+        test_logits=arrays["test"][0], test_labels=arrays["test"][1],
+        train_counts=np.asarray(meta["train_counts"], dtype=np.int64),
+        group_counts=np.asarray(meta["group_counts"], dtype=np.int64),
+        group_rule=meta["group_rule"], class_names=meta["class_names"],
+        q_hat=None if meta["q_hat"] is None else np.asarray(meta["q_hat"], dtype=np.float64),
+        history=[_json_restore(h) for h in meta["history"]], metrics=_json_restore(meta["metrics"]),
+        config=meta["config"],
+    )
+
+
+def logits_table(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> pa.Table:
+    """Columns split, index, label, logits list<float32>, one row per example."""
+    names, index, labels, values = [], [], [], []
+    for split, (z, y) in splits.items():
+        z = np.asarray(z, dtype=np.float32)
+        names += [split] * len(y)
+        index.append(np.arange(len(y), dtype=np.int64))
+        labels.append(np.asarray(y, dtype=np.int64))
+        values.append(z.reshape(len(y), -1))
+    values_np = np.concatenate(values) if values else np.zeros((0, 0), np.float32)
+    n, c = values_np.shape
+    offsets = pa.array(np.arange(0, n * c + 1, max(c, 1) if n else 1, dtype=np.int32)[: n + 1])
+    return pa.table({
+        "split": pa.array(names, pa.string()),
+        "index": pa.array(np.concatenate(index) if index else [], pa.int64()),
+        "label": pa.array(np.concatenate(labels) if labels else [], pa.int64()),
+        "logits": pa.ListArray.from_arrays(offsets, pa.array(values_np.reshape(-1), pa.float32())),
+    })
+
+
+def _split_arrays(table: pa.Table, split: str) -> tuple[np.ndarray, np.ndarray]:
+    sub = table.filter(pc.equal(table["split"], split)).sort_by("index")
+    labels = sub["label"].to_numpy().astype(np.int64)
+    values = sub["logits"].combine_chunks().flatten().to_numpy().astype(np.float32)
+    return values.reshape(len(labels), -1), labels
+
+
+def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
+    # JSON has no NaN; empty groups give NaN metrics, stored as null and restored as NaN.
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else
+                float(v) if isinstance(v, (np.floating, float)) else
+                int(v) if isinstance(v, (np.integer, int)) and not isinstance(v, bool) else v)
+            for k, v in d.items()}
+
+
+def _json_restore(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: math.nan if v is None else v for k, v in d.items()}
