@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m platform.run studies/ablate_confounder.yaml
+	$(PY) -m platform.run studies/ablate_confounder.yaml --resume
 
 test: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra --timeout=900 tests

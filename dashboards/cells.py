@@ -50,9 +50,10 @@ class CellSearch:
     note: str
 
 
-def config_groups(cell_trials: pd.DataFrame, objective: str) -> tuple[list[str], list[ConfigGroup]]:
-    """The searched parameter columns of a cell and its config groups (usable trials only)."""
-    searched = cell_searched_params(cell_trials)
+def config_groups(cell_trials: pd.DataFrame, objective: str,
+                  searched: list[str] | None = None) -> tuple[list[str], list[ConfigGroup]]:
+    """The searched parameter columns of a cell (default: those that vary in it) and its config groups."""
+    searched = cell_searched_params(cell_trials) if searched is None else searched
     if cell_trials.empty:
         return searched, []
     groups = []
@@ -64,9 +65,17 @@ def config_groups(cell_trials: pd.DataFrame, objective: str) -> tuple[list[str],
 
 def analyse_cell(study: str, cell: str, cell_trials: pd.DataFrame, objective: str, mode: str,
                  optuna_storage: str | None) -> CellSearch:
-    """Importances of a cell's searched parameters, from its Optuna study or rebuilt from MLflow."""
-    searched, groups = config_groups(cell_trials, objective)
+    """Importances of a cell's searched parameters, from its Optuna study or rebuilt from MLflow.
+
+    The searched parameters are those that vary among the cell's runs plus those the cell's Optuna
+    study proposed (a search whose proposals all coincided still shows its axes).
+    """
     opt_study, source = _open_rdb_study(f"{study}/{cell}", optuna_storage)
+    searched = cell_searched_params(cell_trials)
+    if opt_study is not None:
+        proposed = {PARAM_PREFIX + k for t in opt_study.get_trials(deepcopy=False) for k in t.params}
+        searched += sorted(c for c in proposed if c in cell_trials.columns and c not in searched)
+    searched, groups = config_groups(cell_trials, objective, searched)
     if opt_study is None:
         opt_study, source = _rebuild_study(searched, groups, mode), "rebuilt from MLflow runs (" + source + ")"
     completed = [t for t in opt_study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
@@ -76,7 +85,8 @@ def analyse_cell(study: str, cell: str, cell_trials: pd.DataFrame, objective: st
     varied = [p for p in {k for t in completed for k in t.params}
               if len({repr(t.params.get(p)) for t in completed}) > 1]
     if not varied:
-        return CellSearch(cell, searched, groups, None, f"no searched parameter varies ({source})")
+        return CellSearch(cell, searched, groups, None,
+                          f"all {len(completed)} proposals chose the same values: nothing to attribute ({source})")
     try:
         importances = get_param_importances(opt_study, evaluator=FanovaImportanceEvaluator(seed=IMPORTANCE_SEED),
                                             params=sorted(varied))

@@ -208,7 +208,10 @@ def line_chart(series: Sequence[Series], *, x_label: str, y_label: str, x_kind: 
         body.append(_text(px, bottom + 18, _fmt_tick(xv) if isinstance(xv, (int, float)) else str(xv), size=11))
     body.append(_text((left + right) / 2, height - 10, x_label))
     points = 0
-    for s in series:
+    for index, s in enumerate(series):
+        # Dodge: series sharing an x value sit a few pixels apart so their error bars stay readable.
+        shift = (index - (len(series) - 1) / 2) * 5.0
+        x = _Scale(sorted(set(xs), key=_sort_key), left + 18 + shift, right - 18 + shift, x_kind)
         pts = sorted(((xv, st) for xv, st in s.values.items() if math.isfinite(st.mean)), key=lambda p: _sort_key(p[0]))
         band = [(x(xv), y(st.mean - st.std), y(st.mean + st.std)) for xv, st in pts
                 if st.std is not None and math.isfinite(st.std)]
@@ -263,7 +266,8 @@ def bar_chart(categories: Sequence[str], series: Sequence[Series], *, x_label: s
             points += 1
             if st.std is not None and math.isfinite(st.std) and st.std > 0:
                 mx = bx + bar_w / 2
-                e0, e1 = y(st.mean - st.std), y(st.mean + st.std)
+                # Clipped to the axis: a spread below 0 % would draw into the labels.
+                e0, e1 = y(max(st.mean - st.std, ticks[0])), y(min(st.mean + st.std, ticks[-1]))
                 body.append(f"<path d='M{mx:.1f},{e0:.1f}V{e1:.1f}M{mx - 3:.1f},{e0:.1f}h6M{mx - 3:.1f},{e1:.1f}h6' "
                             f"stroke='#222' stroke-width='1.1'/>")
     body.append(_text((left + right) / 2, height - 10, x_label))

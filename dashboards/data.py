@@ -177,21 +177,28 @@ def _to_int(value: Any) -> int | None:
 
 
 def coerce_param_column(values: pd.Series) -> pd.Series:
-    """Turn a column of MLflow param strings into Int64, float64 or boolean if every value allows it."""
-    present = values[values.notna() & ~values.isin(_NONE_STRINGS)]
-    cleaned = values.where(values.notna() & ~values.isin(_NONE_STRINGS), None)
-    if present.empty:
-        return cleaned.astype("string")
-    if present.isin(["True", "False"]).all():
-        return cleaned.map(lambda v: None if v is None else v == "True").astype("boolean")
+    """Turn a column of MLflow param strings into Int64, float64 or boolean if every value allows it.
+
+    Missing params and the strings MLflow writes for None become nulls; other columns stay strings.
+    """
+    cleaned: list[str | None] = [None if v is None or (isinstance(v, float) and math.isnan(v)) or v in _NONE_STRINGS
+                                 else str(v) for v in values]
+    present = [v for v in cleaned if v is not None]
+
+    def typed(convert: Any, dtype: str) -> pd.Series:
+        return pd.Series([None if v is None else convert(v) for v in cleaned], index=values.index, dtype=dtype)
+
+    if not present:
+        return typed(str, "string")
+    if all(v in ("True", "False") for v in present):
+        return typed(lambda v: v == "True", "boolean")
     try:
         numbers = [float(v) for v in present]
     except ValueError:
-        return cleaned.astype("string")
-    if all(math.isfinite(x) and x == int(x) and "." not in v and "e" not in v.lower()
-           for x, v in zip(numbers, present)):
-        return cleaned.map(lambda v: None if v is None else int(v)).astype("Int64")
-    return cleaned.map(lambda v: math.nan if v is None else float(v)).astype("float64")
+        return typed(str, "string")
+    if all(math.isfinite(x) and x == int(x) and "." not in v and "e" not in v.lower() for x, v in zip(numbers, present)):
+        return typed(int, "Int64")
+    return typed(float, "float64")
 
 
 def run_url(base_url: str, experiment_id: str, run_id: str) -> str:

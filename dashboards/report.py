@@ -271,10 +271,11 @@ def _search_section(ctx: _Context, study: str, storage: str | None) -> Section:
     searched_cells = []
     for cell, cell_trials in ctx.trials.groupby("cell", sort=True):
         analysis = analyse_cell(study, str(cell), cell_trials, ctx.objective, ctx.mode, storage)
-        if analysis.searched:
+        # A cell searched when it has searched parameters or more than one proposal.
+        if analysis.searched or len(analysis.groups) > 1:
             searched_cells.append(analysis)
     if not searched_cells:
-        reason = "No cell of this study has a searched parameter that varies across finished trials."
+        reason = "No cell of this study searched: every cell ran one configuration (per seed)."
         section.figures += [Figure("importance", "Parameter importances", "", None, reason),
                             Figure("parallel", "Parallel coordinates", "", None, reason)]
         return section
@@ -301,7 +302,7 @@ def _cell_figures(i: int, analysis: CellSearch, ctx: _Context) -> list[Figure]:
                analysis.note if importance else "", importance,
                f"Cell {analysis.cell}: {analysis.note}."),
         Figure(f"parallel-{i}", f"Parallel coordinates: cell {analysis.cell}", f"{n} proposal(s).", parallel,
-               f"Cell {analysis.cell}: fewer than one complete proposal to draw."),
+               f"Cell {analysis.cell}: no searched parameter in its runs to draw ({n} proposal(s))."),
     ]
 
 

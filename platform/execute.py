@@ -233,7 +233,10 @@ def select_rows(plan: Any, records: list[dict]) -> list[dict]:
             row.update(selected=True, metric=sign * best_score,
                        optuna_trial=trial_meta(members[0]["config"]).get("optuna_trial"),
                        best_config={p: get_path(members[0]["config"], p) for p in (cell.space or {})},
-                       n_seeds=len(members), trial_ids=[r["trial_id"] for r in members])
+                       trial_ids=[r["trial_id"] for r in members],
+                       # post-hoc/ensemble trials average their seeds themselves (num_seeds)
+                       n_seeds=len(members) if cell.kind == "train"
+                       else int(members[0]["result"].get("num_seeds", len(cell.seeds))))
             keys = sorted({k for r in members for k in r["result"]
                            if k.startswith(("val/", "test/")) or k == metric})
             for key in keys:

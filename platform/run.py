@@ -152,8 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         study = load_study(args.study, args.overrides, _flags(args))
         plan = make_plan(study, args.study)
+        unfit = None
         if args.address is None:  # a local Ray: this machine is the whole cluster
-            check_fits(plan, *local_capacity())
+            try:
+                check_fits(plan, *local_capacity())
+            except SpecError as e:
+                if not args.dry_run:
+                    raise
+                unfit = e  # a dry run still shows the plan of a study meant for a bigger cluster
     except SpecError as e:
         print(f"error: invalid study\n{e}", file=sys.stderr)
         return EXIT_INVALID
@@ -165,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INVALID
     print(format_plan(plan), flush=True)
     if args.dry_run:
+        if unfit is not None:
+            print(f"\nwarning: this machine cannot run the study as it is:\n{unfit}")
         print("\ndry run: nothing was started")
         return EXIT_OK
     from platform.execute import run_study  # imports Ray: only for a valid study that runs

@@ -20,6 +20,7 @@ studies and the Tune driver never share hidden state.
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import tempfile
 import time
@@ -29,7 +30,8 @@ from typing import Any, Iterable
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
-from mlflow.utils.validation import (MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH,
+from mlflow.utils.validation import (MAX_ENTITY_KEY_LENGTH, MAX_METRICS_PER_BATCH,
+                                     MAX_PARAM_VAL_LENGTH,
                                      MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH)
 from ray.tune import Callback
 
@@ -93,6 +95,12 @@ def git_commit(root: Path = REPO_ROOT) -> str | None:
     return out.stdout.strip() or None
 
 
+def param_key(name: str) -> str:
+    """An MLflow-valid param name: characters MLflow refuses (``*`` of ``backbones.*.x``) become
+    ``_``, and the name is cut to MLflow's 250-character key limit."""
+    return re.sub(r"[^\w./\- :]", "_", str(name))[:MAX_ENTITY_KEY_LENGTH]
+
+
 def _param_value(value: Any) -> str:
     return str(value)[:MAX_PARAM_VAL_LENGTH]
 
@@ -111,20 +119,29 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 
 
 def error_summary(trial: Any) -> str:
-    """``Type: message`` of a trial's last error (the cause inside Ray's wrapper when available)."""
-    try:
-        exc = trial.get_pickled_error()
-    except Exception:  # noqa: BLE001 - an unreadable error file must not break tracking
-        exc = None
+    """``Type: message`` of a trial's latest error (the cause inside Ray's wrapper when available).
+
+    Read from the driver's local copy of the error files: at ``on_trial_recover``/``on_trial_error``
+    time they are not yet synced to the storage that ``Trial.get_pickled_error`` reads.
+    """
+    exc = None
+    pickled = getattr(trial, "pickled_error_file", None)
+    if pickled and Path(pickled).is_file():
+        try:
+            import ray.cloudpickle as cloudpickle
+            with open(pickled, "rb") as fh:
+                exc = cloudpickle.load(fh)
+        except Exception:  # noqa: BLE001 - an unreadable error file must not break tracking
+            exc = None
     if exc is not None:
         cause = getattr(exc, "cause", None) or exc
         first = (str(cause).strip().splitlines() or [""])[0]
         return f"{type(cause).__name__}: {first}".strip()
-    try:
-        text = trial.get_error() or ""
-    except Exception:  # noqa: BLE001
-        text = ""
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    text = ""
+    error_file = getattr(trial, "error_file", None)
+    if error_file and Path(error_file).is_file():
+        text = Path(error_file).read_text(encoding="utf-8", errors="replace")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1] if lines else "unknown error"
 
 
@@ -265,7 +282,7 @@ class StudyTracker:
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         """Log params (values cut to MLflow's limit) in batches of MLflow's maximum size."""
-        items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+        items = [Param(param_key(k), _param_value(v)) for k, v in params.items()]
         for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(run_id, params=chunk, synchronous=True)
 
@@ -298,7 +315,7 @@ class StudyTracker:
         for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=chunk, synchronous=True)
         logged = self.client.get_run(run_id).data.params
-        self.log_params(run_id, {k: v for k, v in params.items() if k not in logged})
+        self.log_params(run_id, {k: v for k, v in params.items() if param_key(k) not in logged})
 
     def end(self, run_id: str, status: str) -> None:
         """Terminate a run with an MLflow status name (FINISHED, FAILED, KILLED)."""

@@ -204,6 +204,14 @@ def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
     assert not (tmp_path / "storage" / plan.study.name).exists()
 
 
+def test_unwritable_storage_fails_before_any_trial(tmp_path):
+    plan = _plan(tmp_path)
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    plan.storage = str(tmp_path / "blocker" / "results")
+    with pytest.raises(ValueError, match="--storage .*blocker"):
+        run_study(plan, _args())
+
+
 def test_selection_uses_the_validation_metric_and_seed_group_means(tmp_path):
     plan = _plan(tmp_path)
     cell = plan.cells[0]
@@ -274,3 +282,35 @@ def test_progress_line_counts_trials_and_shows_best_validation_per_cell(tmp_path
     assert len(lines) == 1 and stream.getvalue().strip() == lines[0]
     assert "1/5 done, 1 running, 2 pending, 1 errored" in lines[0]
     assert "best val/acc c00 0.600" in lines[0] and "t2 c00 ep 2/4" in lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_failures", [1, 0])
+def test_crashing_trial_is_retried_in_its_run_or_marked_failed(local_ray, tmp_path, max_failures):
+    text = STUDY.format(tmp=tmp_path, epochs=EPOCHS, max_concurrent=2)
+    text = text.replace("max_failures: 0", f"max_failures: {max_failures}")
+    text = text.replace("runtime: {num_threads: 1}", "runtime: {num_threads: 1, fault: crash_at_epoch:2}")
+    text = text.replace("  method.name: [ce, la]\n", "  method.name: [ce]\n").replace("num_samples: 3", "num_samples: 1")
+    path = tmp_path / "study.yaml"
+    path.write_text(text, encoding="utf-8")
+    plan = make_plan(load_study(path), str(path))
+    assert plan.total_trials == 1
+    outcome = run_study(plan, _args())
+    runs = _runs_by_level(plan)
+    assert len(runs["trial"]) == 1  # a retry continues the same run
+    run = runs["trial"][0]
+    client = MlflowClient(plan.tracking_uri)
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
+    if max_failures:
+        assert outcome.failed_trials == 0 and run.info.status == "FINISHED"
+        assert run.data.tags["ltbias.retries"] == "1"
+        assert "SimulatedCrash" in run.data.tags["ltbias.last_error"]
+        assert steps == list(range(1, EPOCHS + 1))  # resumed from epoch 1: no step twice
+    else:
+        assert outcome.failed_trials == 1 and run.info.status == "FAILED"
+        assert run.data.tags["ltbias.error"].startswith("SimulatedCrash: runtime.fault crash_at_epoch:2")
+        assert steps == [1]
+        row = outcome.rows[0]
+        assert not row["selected"] and row["n_failed"] == 1
+        study = optuna.load_study(study_name=f"{plan.study.name}/c00", storage=plan.optuna_storage)
+        assert [t.state for t in study.trials] == [TrialState.FAIL]

@@ -33,9 +33,9 @@ pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads proces
 # A toy study whose trials run long enough (many cheap epochs) to be interrupted mid-run.
 TOY_STUDY = {
     "dataset": {"name": "toy_lt", "imbalance_ratio": 10, "val_per_class": 5,
-                "world": {"num_classes": 6, "n_max": 60, "test_per_class": 10}},
+                "world": {"num_classes": 6, "n_max": 1000, "test_per_class": 10}},
     "backbones": [{"pretrain": {"corpus_size": 600, "epochs": 1, "width": 32, "depth": 1}}],
-    "finetune": {"peft": "adaptformer", "head": "cosine", "epochs": 12, "batch_size": 32,
+    "finetune": {"peft": "adaptformer", "head": "cosine", "epochs": 12, "batch_size": 16,
                  "augment": False},
     "method": {"name": "ce"},
     "scheduler": {"fifo": {}},
@@ -331,10 +331,12 @@ def test_driver_sigkilled_then_resume_finishes_without_rerunning_or_duplicating(
             return len(done) >= 1 and len(running) >= 1
 
         wait_for("one finished trial and one mid-run", one_done_one_mid_run, 200, driver, log, every=0.1)
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, at once
+        local_ray = tree_pids(driver.pid)  # the driver and the local Ray it started
+        os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
-        kill_tree(driver.pid)
+        for pid in local_ray if "local_ray" in locals() else tree_pids(driver.pid):
+            kill_tree(pid)
     before = trial_results(experiment)
     finished_before = {t: len(rows) for t, rows in before.items() if "test/acc" in rows[-1]}
     assert finished_before and len(finished_before) < samples
@@ -370,10 +372,10 @@ def test_nan_loss_fails_that_trial_with_its_reason_and_the_study_goes_on(tmp_pat
     by_status = {r.info.status: r for r in runs}
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"], [r.info.status for r in runs]
     failed = by_status["FAILED"]
-    assert failed.params["finetune.epochs"] == "3"
+    assert failed.data.params["finetune.epochs"] == "3"
     reason = failed.data.tags.get("ltbias.error", "")
     assert "NonFiniteLossError" in reason and "epoch 2" in reason, reason
-    assert by_status["FINISHED"].params["finetune.epochs"] == "1"
+    assert by_status["FINISHED"].data.params["finetune.epochs"] == "1"
 
 
 @pytest.mark.slow
@@ -400,3 +402,50 @@ def test_unwritable_storage_fails_fast_before_any_trial(tmp_path: Path) -> None:
     assert code == 2, text[-3000:]
     assert storage in text and "Traceback" not in text
     assert seconds < 30, seconds
+
+
+class _KeepCheckpoints:
+    """A run_trial reporter that keeps a copy of every checkpoint and can resume from one."""
+
+    def __init__(self, keep: Path, restore: Path | None = None) -> None:
+        self.keep, self.restore, self.epochs = keep, restore, []
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import shutil
+
+        self.epochs.append(metrics["epoch"])
+        if checkpoint_dir:
+            shutil.copytree(checkpoint_dir, self.keep / f"epoch{metrics['epoch']}")
+
+    def restore_dir(self) -> str | None:
+        return str(self.restore) if self.restore else None
+
+
+def test_truncated_checkpoint_warns_and_the_trial_restarts_from_the_first_epoch(tmp_path: Path, caplog) -> None:
+    # A checkpoint cut off mid-write (node lost while copying it) rather than garbage bytes.
+    import logging
+
+    import torch
+
+    from platform.plan import make_plan
+    from platform.spec import parse_study
+    from trainables.trainable import CHECKPOINT_FILE, run_trial
+
+    torch.set_num_threads(1)
+    fields = {**TOY_STUDY, "finetune": {**TOY_STUDY["finetune"], "epochs": 2},
+              "dataset": {**TOY_STUDY["dataset"], "world": {"num_classes": 6, "n_max": 60, "test_per_class": 10}},
+              "storage": str(tmp_path / "storage")}
+    plan = make_plan(parse_study(yaml.safe_dump({"name": "truncated", **fields})), "truncated.yaml")
+    config = plan.cells[0].base_config
+    first = _KeepCheckpoints(tmp_path / "a")
+    full = run_trial(config, first)
+    state = tmp_path / "a" / "epoch1" / CHECKPOINT_FILE
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+
+    again = _KeepCheckpoints(tmp_path / "b", restore=state.parent)
+    with caplog.at_level(logging.WARNING, logger="trainables.trainable"):
+        resumed = run_trial(config, again)
+    lg = logging.getLogger("trainables.trainable"); print("DEBUG", lg.disabled, lg.propagate, logging.root.manager.disable, logging.getLogger("trainables").propagate, logging.getLogger("trainables").disabled, logging.root.handlers, caplog.records)
+    assert str(state) in caplog.text and "starting from scratch" in caplog.text
+    assert again.epochs == [1, 2]  # from the start, not from epoch 2
+    assert resumed["test/acc"] == full["test/acc"] and resumed["val/acc"] == full["val/acc"]

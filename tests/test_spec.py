@@ -221,3 +221,19 @@ def test_paths_get_set_and_resolve():
         resolve_path(TrialSections, split_path("dataset.imbalance_rate"))
     with pytest.raises(ValueError, match="is a list"):
         resolve_path(TrialSections, split_path("backbones.name"))
+
+
+def test_json_schema_export_documents_the_study_and_the_saved_copy_is_current():
+    import json
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "platform.schema"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    schema = json.loads(proc.stdout)
+    assert schema["required"] == ["name"] and schema["additionalProperties"] is False
+    for key in ("dataset", "backbones", "grid", "search", "scheduler", "resources", "seeds"):
+        assert key in schema["properties"]
+    assert "logfloat" in schema["$defs"]["SearchSpec"]["properties"]["space"]["additionalProperties"]["properties"]
+    saved = REPO / "studies" / "study.schema.json"
+    assert json.loads(saved.read_text()) == schema, "stale: run `make schema`"

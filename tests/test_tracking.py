@@ -135,6 +135,14 @@ def test_long_and_many_params_are_truncated_and_batched(plan, tmp_path):
     assert len(params["long"]) == 6000
 
 
+def test_param_names_mlflow_refuses_are_made_valid(plan, tmp_path):
+    tracker = _tracker(plan, tmp_path)
+    run_id = tracker.start_study()
+    tracker.log_params(run_id, {"backbones.*.pretrain.imbalance_ratio": 2})
+    params = MlflowClient(plan.tracking_uri).get_run(run_id).data.params
+    assert params["backbones._.pretrain.imbalance_ratio"] == "2"
+
+
 def test_flatten_result_step_and_finite_metrics():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "pool": [{"n": "x"}]}) == {
         "a.b": 1, "a.c": [1, 2], "pool.0.n": "x"}
