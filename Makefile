@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m platform.run studies/ablate_confounder.yaml --resume
+	$(PY) -m platform.report studies/ablate_confounder.yaml
 
 test: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra --timeout=900 tests

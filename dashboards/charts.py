@@ -198,7 +198,8 @@ def line_chart(series: Sequence[Series], *, x_label: str, y_label: str, x_kind: 
     x = _Scale(sorted(set(xs), key=_sort_key), left + 18, right - 18, x_kind)
     lo, hi = _value_range(series)
     pad = max((hi - lo) * 0.08, 0.5)
-    ticks = nice_ticks(lo - pad, hi + pad)
+    # accuracies in % never need an axis beyond 0..100
+    ticks = nice_ticks(max(lo - pad, 0.0) if lo >= 0 else lo - pad, min(hi + pad, 100.0) if hi <= 100 else hi + pad)
     y = _Scale([ticks[0], ticks[-1]], bottom, top, "linear")
     body = _y_axis(ticks, y, left, right, y_label, top, bottom)
     body.append(f"<line x1='{left}' x2='{right}' y1='{bottom}' y2='{bottom}' stroke='#333'/>")

@@ -12,12 +12,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-from pydantic import ValidationError
-
 from platform import paths
-from platform.errors import SpecError
-from platform.report import EXIT_INVALID, EXIT_OK, add_study_arguments, resolve_study
+from platform.report import EXIT_INVALID, EXIT_OK, add_study_arguments, open_study
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,22 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status."""
-    from dashboards.data import StudyNotFoundError, load_study
     from dashboards.export import write_parquet
 
     args = build_parser().parse_args(argv)
-    try:
-        target = resolve_study(args)
-        data = load_study(target.name, target.tracking_uri, args.run_id)
-    except SpecError as e:
-        print(f"error: invalid study\n{e}", file=sys.stderr)
+    opened = open_study(args)
+    if opened is None:
         return EXIT_INVALID
-    except (ValidationError, yaml.YAMLError) as e:
-        print(f"error: invalid study {args.study_file}: {e}", file=sys.stderr)
-        return EXIT_INVALID
-    except StudyNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_INVALID
+    _, data = opened
     out = write_parquet(data, args.out or paths.outputs_dir() / "exports" / f"{data.study}.parquet")
     print(f"{len(data.trials)} trial(s) of study run {data.study_run_id} -> {out.resolve()}")
     return EXIT_OK

@@ -59,6 +59,22 @@ def resolve_study(args: argparse.Namespace) -> StudyTarget:
     return StudyTarget(args.study, uri, paths.optuna_storage(uri, paths.default_storage()), None, None)
 
 
+def open_study(args: argparse.Namespace):
+    """(target, its StudyData from MLflow) for the CLI's study arguments; None after printing why."""
+    from dashboards.data import StudyNotFoundError, load_study
+
+    try:
+        target = resolve_study(args)
+        return target, load_study(target.name, target.tracking_uri, args.run_id)
+    except SpecError as e:
+        print(f"error: invalid study\n{e}", file=sys.stderr)
+    except (ValidationError, yaml.YAMLError) as e:
+        print(f"error: invalid study {args.study_file}: {e}", file=sys.stderr)
+    except StudyNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(prog="python -m platform.report", description=__doc__.split("\n")[0],
@@ -81,22 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status."""
-    from dashboards.data import StudyNotFoundError, load_study, run_url
+    from dashboards.data import run_url
     from dashboards.report import DEFAULT_UI_URL, build_report, log_report, write_report
 
     args = build_parser().parse_args(argv)
-    try:
-        target = resolve_study(args)
-        data = load_study(target.name, target.tracking_uri, args.run_id)
-    except SpecError as e:
-        print(f"error: invalid study\n{e}", file=sys.stderr)
+    opened = open_study(args)
+    if opened is None:
         return EXIT_INVALID
-    except (ValidationError, yaml.YAMLError) as e:
-        print(f"error: invalid study {args.study_file}: {e}", file=sys.stderr)
-        return EXIT_INVALID
-    except StudyNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_INVALID
+    target, data = opened
     objective = args.objective or target.objective or data.study_params.get("search.metric") or DEFAULT_OBJECTIVE
     mode = args.mode or target.mode or data.study_params.get("search.mode") or DEFAULT_MODE
     ui_url = args.mlflow_url or DEFAULT_UI_URL

@@ -190,9 +190,11 @@ class StudyTracker:
         if self._experiment_id is None:
             exp = self.client.get_experiment_by_name(self.name)
             if exp is None:
+                # The kind tag makes the MLflow UI open the experiment on its training-runs table.
                 self._experiment_id = self.client.create_experiment(
                     self.name, artifact_location=default_artifact_location(self.tracking_uri,
-                                                                           self.name))
+                                                                           self.name),
+                    tags={"mlflow.experimentKind": "custom_model_development"})
             else:
                 self._experiment_id = exp.experiment_id
         return self._experiment_id

@@ -437,15 +437,18 @@ def test_truncated_checkpoint_warns_and_the_trial_restarts_from_the_first_epoch(
               "storage": str(tmp_path / "storage")}
     plan = make_plan(parse_study(yaml.safe_dump({"name": "truncated", **fields})), "truncated.yaml")
     config = plan.cells[0].base_config
-    first = _KeepCheckpoints(tmp_path / "a")
-    full = run_trial(config, first)
+    run_trial(config, _KeepCheckpoints(tmp_path / "a"))  # also pre-trains the toy backbone
     state = tmp_path / "a" / "epoch1" / CHECKPOINT_FILE
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
 
-    again = _KeepCheckpoints(tmp_path / "b", restore=state.parent)
+    def fresh(name: str) -> dict:
+        # A fresh stage-1 cache: the finished run's entry would otherwise be replayed, not trained.
+        return {**config, "runtime": {**config["runtime"], "cache_dir": str(tmp_path / name)}}
+
+    full = run_trial(fresh("cache-b"), None)  # the reference: same zoo, no checkpoint
+    again = _KeepCheckpoints(tmp_path / "c", restore=state.parent)
     with caplog.at_level(logging.WARNING, logger="trainables.trainable"):
-        resumed = run_trial(config, again)
-    lg = logging.getLogger("trainables.trainable"); print("DEBUG", lg.disabled, lg.propagate, logging.root.manager.disable, logging.getLogger("trainables").propagate, logging.getLogger("trainables").disabled, logging.root.handlers, caplog.records)
+        resumed = run_trial(fresh("cache-c"), again)
     assert str(state) in caplog.text and "starting from scratch" in caplog.text
-    assert again.epochs == [1, 2]  # from the start, not from epoch 2
+    assert again.epochs == [1, 2]  # trained from the start, not resumed at epoch 2
     assert resumed["test/acc"] == full["test/acc"] and resumed["val/acc"] == full["val/acc"]

@@ -201,3 +201,11 @@ def test_ui_serves_the_store_on_localhost_with_one_worker(fake: FakeStudy, tmp_p
     assert res.returncode == 0 and "http://127.0.0.1:5123" in res.stdout
     missing = _cli("platform.ui", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}")
     assert missing.returncode == 2 and "no database at" in missing.stderr
+
+
+def test_report_of_a_study_run_without_trials_is_all_empty_states(data: StudyData) -> None:
+    fresh = dataclasses.replace(data, trials=pd.DataFrame(columns=TRIAL_COLUMNS), param_columns=[], metric_columns=[])
+    html = build_report(fresh)
+    figures = _figures(html)
+    assert figures and all(f["points"] == 0 and f["empty"] for f in figures.values())
+    assert "This study run has no trial runs yet." in html

@@ -1,0 +1,79 @@
+"""The benchmarks run at tiny sizes and write valid result JSON and a summary (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import result
+from benchmarks.bench_gpu import bf16_peak
+from benchmarks.run import main
+
+REQUIRED = {"name", "goal", "ratio", "passed_goal", "details", "machine", "command"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _check(out, name: str) -> dict:
+    data = json.loads((out / f"{name}.json").read_text(encoding="utf-8"))
+    assert REQUIRED <= set(data), f"{name}.json lacks {REQUIRED - set(data)}"
+    assert data["name"] == name
+    assert "error" not in data["details"], data["details"].get("traceback")
+    assert data["machine"]["cpu_cores"] >= 1 and data["machine"]["torch"] == torch.__version__
+    return data
+
+
+def test_goal_is_met_only_on_the_right_side_and_unknown_without_a_value():
+    assert result("x", goal_op=">=", goal_value=0.9, value=0.95, unit="x", measure="m", details={})["passed_goal"]
+    assert not result("x", goal_op=">=", goal_value=0.9, value=0.8, unit="x", measure="m", details={})["passed_goal"]
+    assert result("x", goal_op="<=", goal_value=1.15, value=1.1, unit="x", measure="m", details={})["passed_goal"]
+    assert result("x", goal_op="<=", goal_value=10, value=None, unit="s", measure="m", details={})["passed_goal"] is None
+    with pytest.raises(ValueError, match="goal_op"):
+        result("x", goal_op="<", goal_value=1, value=1, unit="x", measure="m", details={})
+
+
+def test_bf16_peak_prefers_the_most_specific_device_name():
+    assert bf16_peak("NVIDIA H100 PCIe") == 756e12
+    assert bf16_peak("NVIDIA H100 80GB HBM3") == 989e12
+    assert bf16_peak("NVIDIA A100-SXM4-80GB") == 312e12
+    assert bf16_peak("Some Future GPU") is None
+
+
+def test_quick_in_process_benchmarks_write_valid_json_and_a_summary(tmp_path):
+    out = tmp_path / "results"
+    names = ["trainable_throughput", "backdoor_vs_stage1", "linear_probe_feature_cache", "gpu_vit_b16_adaptformer"]
+    argv = ["--quick", "--skip-demo", "--out", str(out), "--workdir", str(tmp_path / "work")]
+    assert main(argv + [a for n in names for a in ("--only", n)]) == 0
+    for name in names:
+        data = _check(out, name)
+        assert data["quick"] is True
+    throughput = _check(out, "trainable_throughput")
+    assert throughput["ratio"] > 0 and math.isfinite(throughput["ratio"])
+    assert throughput["passed_goal"] == (throughput["ratio"] >= 0.9)
+    gpu = _check(out, "gpu_vit_b16_adaptformer")
+    if not torch.cuda.is_available():
+        assert gpu["ratio"] is None and "no GPU available" in gpu["details"]["status"]
+    assert gpu["details"]["flops_per_image_fwd_bwd (FlopCounterMode)"] > 0
+    summary = (out / "SUMMARY.md").read_text(encoding="utf-8")
+    for name in names:
+        assert f"`{name}`" in summary
+    assert "demo_wall_time" not in summary  # --skip-demo
+
+
+@pytest.mark.slow
+def test_quick_ray_benchmarks_break_down_the_study_wall_time(tmp_path):
+    out = tmp_path / "results"
+    argv = ["--quick", "--out", str(out), "--workdir", str(tmp_path / "work"),
+            "--only", "platform_overhead", "--only", "concurrency_scaling"]
+    assert main(argv) == 0
+    overhead = _check(out, "platform_overhead")["details"]
+    assert overhead["failed_trials"] == 0 and overhead["trials"] == 4
+    assert 0 < overhead["sum_trial_compute_s"] < overhead["study_wall_s"] * overhead["concurrency"]
+    scaling = _check(out, "concurrency_scaling")
+    assert scaling["ratio"] > 0
