@@ -100,7 +100,8 @@ def summary(out: Path) -> str:
         value = "n/a" if r["ratio"] is None else f"{r['ratio']:.4g} {r.get('unit', '')}".strip()
         met = {True: "yes", False: "**no**", None: "-"}[r["passed_goal"]]
         status = r["details"].get("error") or r["details"].get("status")
-        label = r.get("measure", r["name"]) + (f" ({status})" if status else "")
+        label = r.get("measure", r["name"])
+        label += f" ({status})" if status and status not in label else ""
         load = (r.get("machine", {}).get("load_average_before") or ["?"])[0]
         lines.append(f"| `{r['name']}`: {label} | {value} | {r['goal']} | {met} | {r.get('ran_at', '?')} "
                      f"| {r.get('quick', '?')} | {load} |")

@@ -20,8 +20,9 @@ def outputs_dir() -> Path:
 
 
 def default_tracking_uri() -> str:
-    """``sqlite:///<outputs>/mlflow.db`` (MLflow refuses the plain file store)."""
-    return f"sqlite:///{outputs_dir() / 'mlflow.db'}"
+    """``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<outputs>/mlflow.db`` (MLflow refuses the
+    plain file store)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{outputs_dir() / 'mlflow.db'}"
 
 
 def default_storage() -> str:

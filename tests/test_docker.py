@@ -220,7 +220,7 @@ def test_cluster_file_mounts_the_repo_and_installs_it_like_the_image(cluster: di
 
 # --------------------------------------------------------------------------- docs
 
-@pytest.mark.parametrize("doc", ["docker/README.md", "docs/CLUSTER.md"])
+@pytest.mark.parametrize("doc", ["docker/README.md", "README.md"])
 def test_documented_commands_use_real_cli_flags(doc: str) -> None:
     from platform.run import build_parser
 

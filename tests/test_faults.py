@@ -421,6 +421,7 @@ class _KeepCheckpoints:
         return str(self.restore) if self.restore else None
 
 
+@pytest.mark.timeout(120)
 def test_truncated_checkpoint_warns_and_the_trial_restarts_from_the_first_epoch(tmp_path: Path, caplog) -> None:
     # A checkpoint cut off mid-write (node lost while copying it) rather than garbage bytes.
     import logging

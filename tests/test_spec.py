@@ -237,3 +237,12 @@ def test_json_schema_export_documents_the_study_and_the_saved_copy_is_current():
     assert "logfloat" in schema["$defs"]["SearchSpec"]["properties"]["space"]["additionalProperties"]["properties"]
     saved = REPO / "studies" / "study.schema.json"
     assert json.loads(saved.read_text()) == schema, "stale: run `make schema`"
+
+
+def test_default_tracking_uri_follows_mlflow_tracking_uri(monkeypatch):
+    from platform import paths
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert paths.default_tracking_uri() == "http://127.0.0.1:5999"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert paths.default_tracking_uri().startswith("sqlite:///")

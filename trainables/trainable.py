@@ -146,6 +146,9 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
     splits = build_splits(cfg.dataset, rt)
     C = splits.num_classes
     backbone = build_backbone(cfg.backbone, rt, splits.class_names, ft.prompt_templates, cfg.dataset.world)
+    # Building may pre-train a toy model in this process and use up random numbers: re-seed so a
+    # trial's result does not depend on whether the model zoo was warm.
+    seed_everything(derive_seed(cfg.seed, 0))
     backbone.encoder.to(device)
     train_tf, eval_tf = make_transforms(backbone, ft.augment)
     images = {"train": splits.train.with_transform(train_tf), "val": splits.val.with_transform(eval_tf),
