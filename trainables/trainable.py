@@ -81,8 +81,8 @@ def run_trial(config: dict, reporter: Reporter | None = None) -> dict:
     if method.kind == "posthoc":
         return run_posthoc(cfg, reporter)
     if method.kind == "ensemble":
-        metrics = run_backdoor(cfg, lambda bb, m, seed: stage1_result(cfg, bb, m, seed), compute_metrics)
-        return report_stage2(reporter, cfg, metrics)
+        metrics, adjusted = run_backdoor(cfg, lambda bb, m, seed: stage1_result(cfg, bb, m, seed), compute_metrics)
+        return report_stage2(reporter, cfg, metrics, adjusted)
     raise ValueError(f"method {cfg.method.name!r} has kind {method.kind!r}; expected train, posthoc or ensemble")
 
 

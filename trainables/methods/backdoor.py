@@ -19,6 +19,8 @@ with the weights the validation split chose.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -182,8 +184,11 @@ def stratum_weights(cfg, val_outputs: list[np.ndarray], val_labels: np.ndarray,
     raise ValueError(f"unknown backdoor.weighting {bd.weighting!r}")
 
 
-def run_backdoor(cfg, stage1, compute_metrics) -> dict:
-    """Evaluate one backdoor configuration on every seed of ``cfg.seeds``; mean and std metrics.
+def run_backdoor(cfg, stage1, compute_metrics) -> tuple[dict, object]:
+    """Evaluate one backdoor configuration on every seed of ``cfg.seeds``.
+
+    Returns (mean and std metrics over seeds, the first seed's stage-1 result with its logits
+    replaced by the adjusted scores, for the trial's artifacts).
 
     ``stage1(backbone, method, seed)`` returns a cached stage-1 result (fine-tuning it when
     missing); ``compute_metrics(logits, labels, group_counts, q_hat, split)`` scores a split.
@@ -193,6 +198,7 @@ def run_backdoor(cfg, stage1, compute_metrics) -> dict:
     bd = cfg.backdoor
     per_seed: list[dict] = []
     weights_log: list[np.ndarray] = []
+    adjusted = None
     for seed in cfg.seeds:
         plan = strata_plan(cfg, seed)
         results = [stage1(bb, bd.stratum_method, s) for bb, s in plan]
@@ -205,17 +211,21 @@ def run_backdoor(cfg, stage1, compute_metrics) -> dict:
         strata_idx = bd.strata if bd.strata is not None else list(range(len(plan)))
         w = stratum_weights(cfg, val_out, ref.val_labels, [r.q_hat for r in results], list(strata_idx))
         weights_log.append(w if w.ndim == 1 else w.mean(axis=1))
+        val_scores = aggregate(val_out, w, bd.aggregation)
+        test_scores = aggregate(test_out, w, bd.aggregation)
         metrics = {}
-        metrics.update(compute_metrics(aggregate(val_out, w, bd.aggregation), ref.val_labels,
-                                       ref.group_counts, ref_q, "val"))
-        metrics.update(compute_metrics(aggregate(test_out, w, bd.aggregation), ref.test_labels,
-                                       ref.group_counts, ref_q, "test"))
+        metrics.update(compute_metrics(val_scores, ref.val_labels, ref.group_counts, ref_q, "val"))
+        metrics.update(compute_metrics(test_scores, ref.test_labels, ref.group_counts, ref_q, "test"))
         per_seed.append(metrics)
+        if adjusted is None:
+            adjusted = dataclasses.replace(ref, val_logits=val_scores.astype(np.float32),
+                                           test_logits=test_scores.astype(np.float32), q_hat=ref_q,
+                                           history=[], metrics=metrics)
     out = mean_and_std(per_seed)
     out["backdoor/M"] = float(len(weights_log[0]))
     for i, wi in enumerate(np.mean(weights_log, axis=0)):
         out[f"backdoor/w{i}"] = float(wi)
-    return out
+    return out, adjusted
 
 
 def mean_and_std(per_seed: list[dict]) -> dict:
