@@ -42,11 +42,12 @@ class NullReporter:
 
 
 def build_model(cfg: TrialConfig) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """(model, train images [N,3,H,W] float, labels [N]) exactly as ``train_stage1`` builds them."""
+    """(model, train images [N,3,H,W] uint8, labels [N]) exactly as ``train_stage1`` builds them."""
     ft, rt = cfg.finetune, cfg.runtime
     T.seed_everything(cfg.seed)
     splits = build_splits(cfg.dataset, rt)
-    backbone = build_backbone(cfg.backbone, rt, splits.class_names, ft.prompt_templates, cfg.dataset.world)
+    backbone = T.with_input_norm(build_backbone(cfg.backbone, rt, splits.class_names, ft.prompt_templates,
+                                                cfg.dataset.world))
     train_tf, _ = T.make_transforms(backbone, ft.augment)
     apply_peft(backbone, ft.peft, splits.num_classes, ft)
     head = build_head(ft.head, backbone, splits.num_classes, ft)

@@ -246,6 +246,7 @@ class CellSearcher(Searcher):
         self._trials: dict[str, tuple[str, int]] = {}  # Tune trial id -> (cell id, group index)
         self._completed: set[str] = set()
         self._optuna: dict[str, optuna.Study] = {}  # opened lazily; never pickled
+        self._rdb: optuna.storages.RDBStorage | None = None  # one engine for every call; never pickled
 
     # ------------------------------------------------------------------ Tune hooks
 
@@ -299,13 +300,19 @@ class CellSearcher(Searcher):
 
     def get_state(self) -> dict:
         """Bookkeeping only; Optuna's trials live in its RDB storage."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("_optuna", "_plan")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_optuna", "_plan", "_rdb")}
 
     def set_state(self, state: dict) -> None:
         """Restore bookkeeping saved by ``get_state`` (the plan and Optuna handles are kept)."""
         self.__dict__.update(state)
         self._optuna = {}
         self._fail_orphans()
+
+    def rdb(self) -> "optuna.storages.RDBStorage":
+        """The Optuna RDB storage, opened once (a new engine per call costs about 0.3 s)."""
+        if self._rdb is None:
+            self._rdb = optuna.storages.RDBStorage(self._storage)
+        return self._rdb
 
     def save(self, checkpoint_path: str) -> None:
         """Pickle the bookkeeping to ``checkpoint_path``."""
@@ -320,6 +327,7 @@ class CellSearcher(Searcher):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_optuna"] = {}  # SQLAlchemy engines do not pickle; reopened from the RDB on use
+        state["_rdb"] = None
         return state
 
     def reset_studies(self) -> None:
@@ -330,11 +338,11 @@ class CellSearcher(Searcher):
         """
         names = {f"{self._study}/{cid}" for cid, c in self._cells.items() if _field(c, "space")}
         try:
-            existing = {s.study_name for s in optuna.get_all_study_summaries(storage=self._storage)}
+            existing = {s.study_name for s in optuna.get_all_study_summaries(storage=self.rdb())}
         except Exception:  # noqa: BLE001 - a fresh DB has no tables yet: nothing to delete
             return
         for name in sorted(names & existing):
-            optuna.delete_study(study_name=name, storage=self._storage)
+            optuna.delete_study(study_name=name, storage=self.rdb())
         self._optuna = {}
 
     # ------------------------------------------------------------------ queries
@@ -352,7 +360,7 @@ class CellSearcher(Searcher):
             name = f"{self._study}/{cell_id}"
             # A resumed study continues the sampler's random stream from where the RDB stands,
             # so startup trials after a restart do not repeat the first run's proposals.
-            done = _count_trials(self._storage, name)
+            done = _count_trials(self.rdb(), name)
             seed = _stable_seed(self._sampler_seed if self._sampler_seed is not None else "",
                                 name, done)
             if algorithm == "grid":
@@ -367,7 +375,7 @@ class CellSearcher(Searcher):
                                  "grid, random, optuna")
             optuna.logging.set_verbosity(optuna.logging.WARNING)  # else INFO lines per study
             self._optuna[cell_id] = optuna.create_study(
-                study_name=name, storage=self._storage, load_if_exists=True, sampler=sampler,
+                study_name=name, storage=self.rdb(), load_if_exists=True, sampler=sampler,
                 direction="maximize" if self._mode == "max" else "minimize")
         return self._optuna[cell_id]
 
@@ -447,7 +455,7 @@ def _finite(result: dict | None, metric: str) -> float | None:
     return float(value)
 
 
-def _count_trials(storage: str, name: str) -> int:
+def _count_trials(storage: "str | optuna.storages.BaseStorage", name: str) -> int:
     try:
         summaries = optuna.get_all_study_summaries(storage=storage)
     except Exception:  # noqa: BLE001 - a fresh DB has no tables yet; Optuna creates them later

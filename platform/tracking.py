@@ -261,8 +261,9 @@ class StudyTracker:
         meta = trial_meta(config)
         cell_id = str(meta.get("cell") or STAGE1_CELL)
         cell_run = self.cell_run(cell_id)
+        # Only a resumed study can have runs this process has not seen (a retry is in _trial_runs).
         run = self._find(f"tags.`{STUDY_RUN}` = {_quote(self.start_study())} and "
-                         f"tags.`{TRIAL_ID}` = {_quote(trial_id)}")
+                         f"tags.`{TRIAL_ID}` = {_quote(trial_id)}") if self.resume else None
         if run is not None:
             run_id = run.info.run_id
             last = run.data.tags.get(LAST_STEP)

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-matplotlib.use("Agg")  # headless workers; set before pyplot is imported anywhere in this process
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
-from trainables.cache import Stage1Result, logits_table  # noqa: E402
-from trainables.data.longtail import GROUP_NAMES, d_groups  # noqa: E402
-from trainables.metrics import confusion_matrix, dp_grid, p_groups, per_class_accuracy  # noqa: E402
+from trainables.cache import Stage1Result, logits_table
+from trainables.data.longtail import GROUP_NAMES, d_groups
+from trainables.metrics import confusion_matrix, dp_grid, p_groups, per_class_accuracy
 
 _MAX_LABELLED_CLASSES = 30  # tick labels beyond this many classes are unreadable
 
@@ -50,7 +46,10 @@ def write_artifacts(out_dir: str, r: Stage1Result) -> list[str]:
 def _plot_confusion(cm: np.ndarray, names: list[str], path: str) -> None:
     # Rows normalised to recall so head and tail classes share one colour scale.
     rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(6, 5))
+    from matplotlib.figure import Figure  # imported here: 0.8 s off every Ray worker's start
+
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
     im = ax.imshow(rows, cmap="viridis", vmin=0, vmax=1)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class (sorted as the data set)")
@@ -61,11 +60,13 @@ def _plot_confusion(cm: np.ndarray, names: list[str], path: str) -> None:
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _plot_dp(grid: np.ndarray | None, path: str) -> None:
-    fig, ax = plt.subplots(figsize=(4, 3.5))
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4, 3.5))
+    ax = fig.subplots()
     if grid is None:
         ax.text(0.5, 0.5, "no q_hat: the backbone has\nno zero-shot classifier", ha="center", va="center")
         ax.set_axis_off()
@@ -80,4 +81,3 @@ def _plot_dp(grid: np.ndarray | None, path: str) -> None:
         ax.set_title("test accuracy (%) by D x P group")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -145,7 +145,8 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
     # Data and backbone.
     splits = build_splits(cfg.dataset, rt)
     C = splits.num_classes
-    backbone = build_backbone(cfg.backbone, rt, splits.class_names, ft.prompt_templates, cfg.dataset.world)
+    backbone = with_input_norm(build_backbone(cfg.backbone, rt, splits.class_names, ft.prompt_templates,
+                                              cfg.dataset.world))
     # Building may pre-train a toy model in this process and use up random numbers: re-seed so a
     # trial's result does not depend on whether the model zoo was warm.
     seed_everything(derive_seed(cfg.seed, 0))
@@ -513,14 +514,39 @@ def splits_with(splits: DataSplits, split: str, transform) -> Dataset:
 
 
 def make_transforms(backbone: Backbone, augment: bool) -> tuple[Callable, Callable]:
-    """(train, eval) transforms of uint8 [3, H, W] images into the backbone's normalised input."""
+    """(train, eval) per-image transforms: uint8 [3, H, W] -> uint8 [3, size, size].
+
+    Scaling to [0, 1] and normalising happen on the whole batch, in the model (``InputNorm``), so a
+    worker moves uint8 to the device and an image already at the right size costs nothing.
+    """
     size = backbone.image_size
-    to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(backbone.mean), list(backbone.std))]
-    eval_tf = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *to_float])
+    fit = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+
+    def eval_tf(img: torch.Tensor) -> torch.Tensor:
+        return img if tuple(img.shape[-2:]) == (size, size) else fit(img)
+
     if not augment:
         return eval_tf, eval_tf
-    train_tf = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), *to_float])
-    return train_tf, eval_tf
+    return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]), eval_tf
+
+
+class InputNorm(nn.Module):
+    """uint8 (or [0, 1] float) images [B, 3, H, W] -> (x - mean) / std, batched on the model's device."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        return (x - self.mean) / self.std
+
+
+def with_input_norm(backbone: Backbone) -> Backbone:
+    """The backbone whose encoder takes uint8 batches (``InputNorm`` in front of the encoder)."""
+    backbone.encoder = nn.Sequential(InputNorm(backbone.mean, backbone.std), backbone.encoder)
+    return backbone
 
 
 def autocast(device: torch.device, amp: str):

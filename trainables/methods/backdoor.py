@@ -101,11 +101,12 @@ def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def fit_weights(val_strata: list[np.ndarray], val_labels: np.ndarray, space: str = "logit",
-                steps: int = 200, lr: float = 0.1) -> np.ndarray:
+                max_iter: int = 50) -> np.ndarray:
     """Weights on the simplex fitted on the validation split; never worse than uniform on it.
 
     Minimises the NLL of softmax(aggregate(strata, softmax(theta))) from theta = 0 (uniform) with
-    Adam, then keeps the fitted weights only if their validation accuracy >= uniform's.
+    L-BFGS (a smooth problem in M - 1 dimensions), then keeps the fitted weights only if their
+    validation accuracy >= uniform's.
     """
     m = len(val_strata)
     uniform = uniform_weights(m)
@@ -120,16 +121,18 @@ def fit_weights(val_strata: list[np.ndarray], val_labels: np.ndarray, space: str
     x = torch.tensor(np.stack(comps), dtype=torch.float64)  # [M, N, C]
     y = torch.as_tensor(np.asarray(val_labels), dtype=torch.long)
     theta = torch.zeros(m, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.Adam([theta], lr=lr)
-    for _ in range(steps):
-        w = torch.softmax(theta, 0)
-        s = torch.einsum("m,mnc->nc", w, x)
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        s = torch.einsum("m,mnc->nc", torch.softmax(theta, 0), x)
         if space == "prob":
             s = torch.log(s + _EPS)
         loss = torch.nn.functional.cross_entropy(s, y)
-        opt.zero_grad()
         loss.backward()
-        opt.step()
+        return loss
+
+    opt.step(closure)
     fitted = torch.softmax(theta.detach(), 0).numpy()
     acc_fit = accuracy(aggregate(val_strata, fitted, space), val_labels)
     acc_uni = accuracy(aggregate(val_strata, uniform, space), val_labels)
