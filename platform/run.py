@@ -86,6 +86,8 @@ def _number(v: Any) -> str:
         return "-"
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.4f}"
+    if isinstance(v, (list, tuple)) and all(isinstance(x, float) for x in v):
+        return "[" + ",".join(f"{x:.3g}" for x in v) + "]"  # e.g. searched simplex weights
     return show_value(v)
 
 
