@@ -13,16 +13,10 @@ from trainables.backbones import build_backbone  # noqa: E402
 from trainables.config import BackboneConfig, FinetuneConfig, RuntimeConfig  # noqa: E402
 from trainables.heads import CosineHead, build_head  # noqa: E402
 from trainables.peft import adapter_bottleneck, apply_peft, count_trainable  # noqa: E402
+from tiny_models import TINY_CLIP, TINY_VIT, one_thread  # noqa: E402,F401
 
 NAMES = ["dog", "cat", "sea_lion", "tree"]
-TINY_CLIP = dict(embed_dim=32, vision_cfg=dict(image_size=32, layers=2, width=32, patch_size=8, head_width=16),
-                 text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
-TINY_VIT = dict(img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
 
 
 def _clip(**kw):

@@ -20,10 +20,10 @@ from trainables.backbones.timm_backbone import save_timm_checkpoint  # noqa: E40
 from trainables.cache import Stage1Cache, stage1_key  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
 from trainables.data import DATASETS, DataSplits, LabeledImages  # noqa: E402
+from tiny_models import TINY_VIT, one_thread  # noqa: E402,F401
 
 DATASET = "unit_tiny_lt"
 C = 4
-TINY_VIT = dict(img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
 
 def _split(counts: list[int], seed: int) -> LabeledImages:
@@ -43,10 +43,6 @@ if DATASET not in DATASETS:
         return DataSplits(_split(list(counts), 1), _split([5] * C, 2), _split([6] * C, 3),
                           [f"class_{i}" for i in range(C)], counts, counts, "train_counts")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
