@@ -99,3 +99,11 @@ def test_debias_la_and_gla_subtract_the_log_priors():
 def test_searched_weights_are_normalised_onto_the_simplex():
     assert np.allclose(bd.normalise_weights([2, 0, 2]), [0.5, 0, 0.5])
     assert np.allclose(bd.normalise_weights([0, 0]), [0.5, 0.5])
+
+
+@pytest.mark.parametrize("debias,trained_with", [("la", "la"), ("gla", "bs"), ("posthoc_la", "la"), ("gla", "gla_train")])
+def test_a_post_hoc_correction_of_an_already_adjusted_loss_is_refused(debias, trained_with):
+    with pytest.raises(ValueError, match="subtracts log p_s twice"):
+        bd.check_not_double_corrected(debias, trained_with, "backdoor.debias", "backdoor.stratum_method")
+    bd.check_not_double_corrected(debias, "ce", "backdoor.debias", "backdoor.stratum_method")
+    bd.check_not_double_corrected("none", trained_with, "backdoor.debias", "backdoor.stratum_method")

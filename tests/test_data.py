@@ -256,7 +256,6 @@ def test_txt_split_loads_images_labels_and_class_names(txt_root):
     assert img[:, 0, 0].tolist() == [0, 0, 255]  # PNG is lossless: exact RGB, channels first
     jpeg, _ = splits.train[1]
     assert jpeg.shape == (3, 10, 13) and jpeg[0].float().mean() > 200  # red survives JPEG
-    assert splits.meta["val_equals_test"] is False
 
 
 def test_txt_split_converts_grayscale_to_three_channels(txt_root):
@@ -305,11 +304,15 @@ def test_benchmark_default_split_file_names(txt_root):
     assert splits.meta["split_files"]["test"].endswith("ImageNet_LT_test.txt")
 
 
-def test_inat2018_reports_on_val_and_says_val_equals_test(txt_root):
+def test_inat2018_refuses_a_validation_split_that_is_the_test_split(txt_root):
     (txt_root / "train.txt").rename(txt_root / "iNaturalist18_train.txt")
     (txt_root / "val.txt").rename(txt_root / "iNaturalist18_val.txt")
-    splits = build_splits(DatasetConfig(name="inat2018", root=str(txt_root)), RUNTIME)
-    assert splits.meta["val_equals_test"] is True and len(splits.test) == 3
+    with pytest.raises(ValueError, match="also the test split; set dataset.val_split"):
+        build_splits(DatasetConfig(name="inat2018", root=str(txt_root)), RUNTIME)
+    held_out = txt_root / "held_out.txt"
+    held_out.write_text((txt_root / "iNaturalist18_val.txt").read_text())
+    splits = build_splits(DatasetConfig(name="inat2018", root=str(txt_root), val_split="held_out.txt"), RUNTIME)
+    assert len(splits.test) == 3 and splits.meta["split_files"]["val"].endswith("held_out.txt")
 
 
 def test_txt_split_missing_split_file_names_where_it_looked(tmp_path):

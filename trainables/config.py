@@ -99,7 +99,6 @@ class DatasetConfig(_Strict):
     group_reference_ir: float | None = Field(
         None, ge=1.0, description="fix D-groups from the class counts of this imbalance ratio "
                                   "(LIFT's CIFAR practice); None = from the actual training counts")
-    image_size: int | None = Field(None, ge=8, description="input resolution; default: the backbone's")
     world: ToyWorldConfig = Field(default_factory=ToyWorldConfig, description="toy_lt only")
     train_split: str | None = Field(None, description="txt formats: file of 'path label' lines")
     val_split: str | None = None

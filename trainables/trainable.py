@@ -37,7 +37,7 @@ from trainables.data import DataSplits, build_splits
 from trainables.heads import build_head
 from trainables.metrics import compute_metrics
 from trainables.methods import get_method
-from trainables.methods.backdoor import mean_and_std, run_backdoor
+from trainables.methods.backdoor import check_not_double_corrected, mean_and_std, run_backdoor
 from trainables.peft import apply_peft, count_trainable
 from trainables.prior import estimate_prior
 from trainables.stages import stage1_config
@@ -311,6 +311,10 @@ def train_one_epoch(phase: Phase, opt: torch.optim.Optimizer, sched, scaler, ft,
     loader = make_loader(phase.data["train"], ft.batch_size, seed, phase.balanced, ft.num_workers, shuffle=True)
     steps = steps_per_epoch(len(loader), ft)
     phase.model.train()
+    if ft.peft != "full" and isinstance(phase.model, Classifier):
+        # Frozen weights keep their pre-trained normalisation statistics (BatchNorm backbones); a
+        # checkpoint holds only trainable tensors, so drifting running stats would also break resume.
+        phase.model.encoder.eval()
     total_loss, n_micro, lr = 0.0, 0, opt.param_groups[0]["lr"]
     opt.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(loader):
@@ -322,11 +326,12 @@ def train_one_epoch(phase: Phase, opt: torch.optim.Optimizer, sched, scaler, ft,
         loss = phase.loss_fn(logits.float(), y, epoch - phase.first_epoch)
         if nan:
             loss = loss * float("nan")
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"training loss is {loss.item()} at epoch {epoch}, step {i // ft.grad_accum}; "
+        value = loss.item()  # one host sync per micro-batch serves the check and the running mean
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"training loss is {value} at epoch {epoch}, step {i // ft.grad_accum}; "
                                      f"lower finetune.lr (now {ft.lr}) or set finetune.amp to none/bf16")
         scaler.scale(loss / ft.grad_accum).backward()
-        total_loss += loss.item()
+        total_loss += value
         n_micro += 1
         if (i + 1) % ft.grad_accum == 0 or i + 1 == min(len(loader), steps * ft.grad_accum):
             scaler.step(opt)
@@ -386,6 +391,7 @@ def run_posthoc(cfg: TrialConfig, reporter: Reporter | None = None) -> dict:
     """Post-hoc correction of the base method's cached logits, for every seed in cfg.seeds."""
     method = get_method(cfg.method.name)
     base = cfg.method.model_copy(update={"name": cfg.method.base_method})
+    check_not_double_corrected(cfg.method.name, base.name, "method.name", "method.base_method")
     per_seed, first = [], None
     for seed in cfg.seeds:
         r = stage1_result(cfg, cfg.backbone, base, seed)
@@ -420,7 +426,9 @@ def save_checkpoint(d: str, model: nn.Module, names: list[str], opt, sched, scal
     params = dict(model.named_parameters())
     torch.save({
         "version": CHECKPOINT_VERSION, "key": key, "epoch": epoch,
-        "model": {n: params[n].detach().cpu() for n in names},
+        # trainable parameters plus every buffer (BatchNorm running stats of a full fine-tune)
+        "model": {**{n: b.detach().cpu() for n, b in model.named_buffers()},
+                  **{n: params[n].detach().cpu() for n in names}},
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
         "rng": capture_rng(), "history": history,
     }, os.path.join(d, CHECKPOINT_FILE))
@@ -443,14 +451,14 @@ def load_checkpoint(d: str | None, key: str) -> dict | None:
 
 
 def load_trainable_state(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
-    """Copy saved trainable parameters into ``model`` (names must match exactly)."""
-    params = dict(model.named_parameters())
-    missing = set(saved) - set(params)
+    """Copy saved trainable parameters and buffers into ``model`` (names must match exactly)."""
+    tensors = {**dict(model.named_buffers()), **dict(model.named_parameters())}
+    missing = set(saved) - set(tensors)
     if missing:
-        raise KeyError(f"checkpoint has parameters the model lacks: {sorted(missing)[:5]}")
+        raise KeyError(f"checkpoint has tensors the model lacks: {sorted(missing)[:5]}")
     with torch.no_grad():
         for n, t in saved.items():
-            params[n].copy_(t)
+            tensors[n].copy_(t)
 
 
 def make_optimizer(phase: Phase, ft) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:

@@ -150,6 +150,11 @@ def build_txt_split(cfg: DatasetConfig, runtime: RuntimeConfig) -> DataSplits:
         images = _ImageFiles(root, kept)
         return LabeledImages(kept.labels, images, describe=images.describe)
 
+    if lists["val"].file.resolve() == lists["test"].file.resolve():
+        # q_hat, per-epoch selection and fitted backdoor weights all read val: it must not be test.
+        raise ValueError(f"{cfg.name}: the validation split {lists['val'].file} is also the test split; set "
+                         "dataset.val_split to a held-out split file (e.g. images of the training list "
+                         "that dataset.train_split leaves out), so that nothing is selected on test")
     train_counts = np.bincount(lists["train"].labels, minlength=C).astype(np.int64)
     group_counts, group_rule = group_reference(cfg, train_counts, int(train_counts.max()))
     return DataSplits(
@@ -159,8 +164,7 @@ def build_txt_split(cfg: DatasetConfig, runtime: RuntimeConfig) -> DataSplits:
         class_names=names, train_counts=train_counts, group_counts=group_counts, group_rule=group_rule,
         meta={"source": str(root), "split_files": {k: str(v.file) for k, v in lists.items()},
               "imbalance_ratio": float(train_counts.max() / max(train_counts.min(), 1)),
-              "classes_without_training_images": np.flatnonzero(train_counts == 0).tolist(),
-              "val_equals_test": lists["val"].file.resolve() == lists["test"].file.resolve()})
+              "classes_without_training_images": np.flatnonzero(train_counts == 0).tolist()})
 
 
 for _name in LAYOUTS:

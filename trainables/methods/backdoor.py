@@ -53,6 +53,19 @@ def debias(logits: np.ndarray, mode: str, train_counts: np.ndarray, q_hat: np.nd
     raise ValueError(f"unknown backdoor.debias {mode!r}; expected none, la or gla")
 
 
+# Training losses whose logits already have the downstream prior removed (gla_train also the
+# pre-training prior): a post-hoc la / gla on top would subtract log p_s a second time.
+_TRAIN_PRIOR_REMOVED = {"la", "bs", "gla_train"}
+
+
+def check_not_double_corrected(debias_mode: str, trained_with: str, field: str, method_field: str) -> None:
+    """ValueError when a post-hoc correction would subtract a prior the training loss already removed."""
+    if debias_mode in ("la", "gla", "posthoc_la") and trained_with in _TRAIN_PRIOR_REMOVED:
+        raise ValueError(f"{field} = {debias_mode!r} on logits trained with {trained_with!r} subtracts "
+                         f"log p_s twice ({trained_with} already adjusts for the training prior); "
+                         f"set {method_field} to ce (or another unadjusted loss), or drop the post-hoc step")
+
+
 def aggregate(strata: list[np.ndarray], weights: np.ndarray, space: str = "logit") -> np.ndarray:
     """Adjusted scores [N, C] from M strata outputs [N, C] and weights [M] or [M, C].
 
@@ -209,9 +222,11 @@ def run_backdoor(cfg, stage1, compute_metrics) -> tuple[dict, object]:
         own = [r for (bb, s), r in zip(plan, results) if bb == cfg.backbone and s == seed]
         ref_q = own[0].q_hat if own else stage1(cfg.backbone, bd.stratum_method, seed).q_hat
         tau = bd.stratum_method.tau
+        check_not_double_corrected(bd.debias, bd.stratum_method.name, "backdoor.debias", "backdoor.stratum_method")
         val_out = [debias(r.val_logits, bd.debias, r.train_counts, r.q_hat, tau) for r in results]
         test_out = [debias(r.test_logits, bd.debias, r.train_counts, r.q_hat, tau) for r in results]
-        strata_idx = bd.strata if bd.strata is not None else list(range(len(plan)))
+        # pool positions of the strata (the seeds control has no pool positions: 0..M-1)
+        strata_idx = bd.strata if bd.strata is not None and bd.strata_source == "pool" else list(range(len(plan)))
         w = stratum_weights(cfg, val_out, ref.val_labels, [r.q_hat for r in results], list(strata_idx))
         weights_log.append(w if w.ndim == 1 else w.mean(axis=1))
         val_scores = aggregate(val_out, w, bd.aggregation)
