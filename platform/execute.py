@@ -58,7 +58,7 @@ class CellASHAScheduler(FIFOScheduler):
         self._metric, self._mode = metric, mode
         self._kwargs = dict(time_attr="training_iteration", metric=metric, mode=mode,
                             grace_period=grace_period, reduction_factor=reduction_factor,
-                            max_t=max_t)
+                            max_t=max_t, stop_last_trials=False)  # cRT runs past max_t to its test report
         self._cells: dict[str, ASHAScheduler] = {}
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -304,7 +304,8 @@ def run_study(plan: Any, args: Any, *, trainable: Callable[[dict], None] | None 
 
     fn = without_meta(trainable or default_trainable())
     resources = {"cpu": float(plan.resources["cpu"]), "gpu": float(plan.resources["gpu"])}
-    tracker = MLflowStudyCallback(tracking_uri, plan, experiment_uri, resume=resume)
+    # Nothing to restore means a fresh execution: it must not reopen an older study run.
+    tracker = MLflowStudyCallback(tracking_uri, plan, experiment_uri, resume=resume and can_restore)
     log_path = (local_experiment / "progress.log") if local_experiment is not None else None
     progress = ProgressCallback(name, plan.metric, plan.mode, log_path,
                                 interval_s=progress_interval_s, total_trials=plan.total_trials)

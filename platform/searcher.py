@@ -35,6 +35,8 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from platform.plan import apply_params
+
 META_KEY = "ltbias"
 """Top-level trial-config key carrying the trial's place in the study; never part of TrialConfig."""
 
@@ -46,31 +48,13 @@ SPACE_KINDS = ("int", "float", "logfloat", "categorical", "subset", "simplex")
 
 # --------------------------------------------------------------------------- config paths
 
-def set_path(config: dict, path: str, value: Any) -> None:
-    """Set ``config[a][b][c] = value`` for ``path='a.b.c'``; digits index lists (``pool.0.name``)."""
-    keys = path.split(".")
-    node: Any = config
-    for i, key in enumerate(keys[:-1]):
-        nxt = node[int(key)] if isinstance(node, list) else node.get(key)
-        if nxt is None:
-            nxt = {}
-            if isinstance(node, list):
-                raise KeyError(f"search path {path!r}: list index {key} out of range")
-            node[key] = nxt
-        if not isinstance(nxt, (dict, list)):
-            raise KeyError(f"search path {path!r}: {'.'.join(keys[:i + 1])!r} is a "
-                           f"{type(nxt).__name__}, not a section; check the path")
-        node = nxt
-    if isinstance(node, list):
-        node[int(keys[-1])] = value
-    else:
-        node[keys[-1]] = value
-
-
 def get_path(config: dict, path: str, default: Any = None) -> Any:
-    """``config[a][b][c]`` for ``path='a.b.c'``, or ``default`` when any part is missing."""
+    """``config[a][b][c]`` for ``path='a.b.c'``, or ``default`` when any part is missing.
+
+    ``*`` (a searched value set on every list element) reads the first element.
+    """
     node: Any = config
-    for key in path.split("."):
+    for key in path.replace("*", "0").split("."):
         try:
             node = node[int(key)] if isinstance(node, list) else node[key]
         except (KeyError, IndexError, ValueError, TypeError):
@@ -407,8 +391,7 @@ class CellSearcher(Searcher):
         if space:
             trial = self.optuna_study(cid).ask(optuna_distributions(space))
             number = trial.number
-            for path, value in space_values(space, trial.params, number).items():
-                set_path(base, path, value)
+            base = apply_params(base, space_values(space, trial.params, number))
         gindex = st.emitted_configs
         st.emitted_configs += 1
         size = cell_group_size(cell)
@@ -446,6 +429,8 @@ class CellSearcher(Searcher):
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if t.number not in known:
                     study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+                    # never evaluated: propose it again (a grid sampler counts FAIL as visited)
+                    study.enqueue_trial(t.params, skip_if_exists=False)
 
 
 def _finite(result: dict | None, metric: str) -> float | None:
@@ -476,4 +461,4 @@ def iter_groups(records: Iterable[dict]) -> dict[tuple[str, int], list[dict]]:
 
 __all__ = ["CellSearcher", "META_KEY", "STAGE1_CELL", "cell_num_trials", "cell_seeds",
            "get_path", "grid_values", "iter_groups", "optuna_distributions", "plan_num_trials",
-           "set_path", "space_values", "strip_meta", "study_name", "trial_meta"]
+           "space_values", "strip_meta", "study_name", "trial_meta"]

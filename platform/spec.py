@@ -146,7 +146,7 @@ class SearchSpec(_Spec):
     @field_validator("metric")
     @classmethod
     def _no_test_selection(cls, v: str) -> str:
-        if v.startswith("test/"):
+        if any(part.startswith("test") for part in v.split("/")):  # test/acc, zeroshot/test_acc, ...
             raise ValueError("selecting on a test metric leaks the test split; use a val/ metric")
         return v
 

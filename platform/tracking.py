@@ -196,6 +196,8 @@ class StudyTracker:
                                                                            self.name),
                     tags={"mlflow.experimentKind": "custom_model_development"})
             else:
+                if exp.lifecycle_stage == "deleted":  # deleted in the UI: runs cannot be created in it
+                    self.client.restore_experiment(exp.experiment_id)
                 self._experiment_id = exp.experiment_id
         return self._experiment_id
 

@@ -11,9 +11,9 @@ import pytest
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from platform.plan import make_plan
+from platform.plan import apply_params, make_plan
 from platform.searcher import (META_KEY, STAGE1_CELL, CellSearcher, get_path, optuna_distributions,
-                               set_path, space_values, strip_meta, trial_meta)
+                               space_values, strip_meta, trial_meta)
 from platform.spec import load_study
 from trainables.config import TrialConfig
 
@@ -163,11 +163,11 @@ def test_subset_becomes_a_non_empty_index_list_and_simplex_weights_sum_to_one():
     assert space_values(space, empty, number=4)["backdoor.strata"] == [1]  # repaired: 4 % 3
 
 
-def test_dotted_paths_set_nested_and_list_values():
+def test_searched_values_reach_nested_list_and_starred_paths():
     config = {"finetune": {"lr": 0.1}, "pool": [{"name": "a"}, {"name": "b"}]}
-    set_path(config, "finetune.lr", 0.5)
-    set_path(config, "pool.1.name", "z")
-    assert get_path(config, "finetune.lr") == 0.5 and config["pool"][1]["name"] == "z"
+    out = apply_params(config, {"finetune.lr": 0.5, "pool.1.name": "z"})
+    assert get_path(out, "finetune.lr") == 0.5 and out["pool"][1]["name"] == "z"
+    assert config["finetune"]["lr"] == 0.1  # a copy: the cell's base config is untouched
+    starred = apply_params(config, {"pool.*.name": "w"})
+    assert [p["name"] for p in starred["pool"]] == ["w", "w"] and get_path(starred, "pool.*.name") == "w"
     assert get_path(config, "pool.7.name", "missing") == "missing"
-    with pytest.raises(KeyError, match="finetune.lr"):
-        set_path(config, "finetune.lr.x", 1)

@@ -246,3 +246,10 @@ def test_default_tracking_uri_follows_mlflow_tracking_uri(monkeypatch):
     assert paths.default_tracking_uri() == "http://127.0.0.1:5999"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert paths.default_tracking_uri().startswith("sqlite:///")
+
+
+@pytest.mark.parametrize("metric", ["test/acc", "zeroshot/test_acc"])
+def test_a_selection_metric_computed_on_test_is_refused(metric, tmp_path):
+    from platform.run import main
+
+    assert main(["studies/smoke.yaml", "--dry-run", "--set", f"search.metric={metric}"]) == 2
