@@ -7,7 +7,6 @@ whole trials (time inside the epoch loops is reported beside it).
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from benchmarks import median, result, rounded, toy_trial

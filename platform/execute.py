@@ -22,8 +22,9 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from platform import paths
+from platform.errors import PlatformInputError
 from platform.progress import ProgressCallback
-from platform.searcher import (STAGE1_CELL, CellSearcher, get_path, iter_groups, study_name,
+from platform.searcher import (STAGE1_CELL, CellSearcher, finite, get_path, iter_groups, study_name,
                                trial_meta)
 from platform.tracking import MLflowStudyCallback, check_tracking
 
@@ -35,11 +36,7 @@ PLAN_STAMP = "ltbias_plan.json"
 
 def _input_error(message: str) -> Exception:
     """A PlatformInputError (the CLI exits 2 on it) carrying ``message``."""
-    from platform import errors
-    error_type = getattr(errors, "PlatformInputError", None)
-    if error_type is None:  # until errors.py defines it: SpecError is also an input error (exit 2)
-        return errors.SpecError([errors.Issue("", message)])
-    return error_type(message)
+    return PlatformInputError(message)
 
 
 # --------------------------------------------------------------------------- scheduling
@@ -198,12 +195,6 @@ def _records(results: Any) -> list[dict]:
     return out
 
 
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def select_rows(plan: Any, records: list[dict]) -> list[dict]:
     """One row per cell: its best configuration by the validation metric (seed-group mean for
     ``train`` cells), with that configuration's mean val/test metrics.
@@ -224,12 +215,12 @@ def select_rows(plan: Any, records: list[dict]) -> list[dict]:
         best, best_score = None, -math.inf
         for g, recs in sorted(cell_groups.items()):
             vals = [v for r in recs if r["status"] != "ERROR"
-                    and (v := _finite(r["result"].get(metric))) is not None]
+                    and (v := finite(r["result"].get(metric))) is not None]
             if vals and sign * statistics.fmean(vals) > best_score:
                 best, best_score = g, sign * statistics.fmean(vals)
         if best is not None:
             members = [r for r in cell_groups[best] if r["status"] != "ERROR"
-                       and _finite(r["result"].get(metric)) is not None]
+                       and finite(r["result"].get(metric)) is not None]
             row.update(selected=True, metric=sign * best_score,
                        optuna_trial=trial_meta(members[0]["config"]).get("optuna_trial"),
                        best_config={p: get_path(members[0]["config"], p) for p in (cell.space or {})},
@@ -240,7 +231,7 @@ def select_rows(plan: Any, records: list[dict]) -> list[dict]:
             keys = sorted({k for r in members for k in r["result"]
                            if k.startswith(("val/", "test/")) or k == metric})
             for key in keys:
-                vals = [v for r in members if (v := _finite(r["result"].get(key))) is not None]
+                vals = [v for r in members if (v := finite(r["result"].get(key))) is not None]
                 if vals:
                     row[key] = statistics.fmean(vals)
                     if len(members) > 1 and not key.endswith("_std"):

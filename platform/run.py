@@ -15,7 +15,6 @@ from typing import Any, Sequence
 import yaml
 from pydantic import ValidationError
 
-from platform import paths
 from platform.errors import PlatformInputError, SpecError, show_value
 from platform.plan import Plan, StudyOutcome, check_fits, local_capacity, make_plan
 from platform.spec import load_study
@@ -139,9 +138,7 @@ def format_outcome(outcome: StudyOutcome, plan: Plan) -> str:
              f"study run {outcome.study_run_id}"]
     lines += ["", "browse the results:", "  python -m platform.ui"]
     uri = outcome.tracking_uri or plan.tracking_uri
-    if paths.sqlite_path(uri) is not None:
-        lines.append(f"  mlflow ui --backend-store-uri {uri} --workers 1 --host 127.0.0.1")
-    elif uri.startswith(("http://", "https://")):
+    if uri.startswith(("http://", "https://")):
         lines.append(f"  open {uri}")
     else:
         lines.append(f"  mlflow ui --backend-store-uri {uri} --workers 1 --host 127.0.0.1")

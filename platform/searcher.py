@@ -374,7 +374,7 @@ class CellSearcher(Searcher):
         return not st.queue and st.emitted_configs >= cell_num_configs(self._cells[cid])
 
     def _next_of_cell(self, cid: str, trial_id: str) -> dict:
-        st, cell = self._state[cid], self._cells[cid]
+        st = self._state[cid]
         if not st.queue:
             st.queue = self._new_group(cid)
         config = st.queue.pop(0)
@@ -433,11 +433,15 @@ class CellSearcher(Searcher):
                     study.enqueue_trial(t.params, skip_if_exists=False)
 
 
-def _finite(result: dict | None, metric: str) -> float | None:
-    value = (result or {}).get(metric)
+def finite(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number (not a bool), else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
+
+
+def _finite(result: dict | None, metric: str) -> float | None:
+    return finite((result or {}).get(metric))
 
 
 def _count_trials(storage: "str | optuna.storages.BaseStorage", name: str) -> int:
