@@ -11,10 +11,10 @@ import pytest
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from platform.plan import apply_params, make_plan
+from platform.plan import apply_params
+from plans import plan_from_text
 from platform.searcher import (META_KEY, STAGE1_CELL, CellSearcher, get_path, optuna_distributions,
                                space_values, strip_meta, trial_meta)
-from platform.spec import load_study
 from trainables.config import TrialConfig
 
 STUDY = """
@@ -44,9 +44,7 @@ tracking_uri: sqlite:///{tmp}/mlflow.db
 
 @pytest.fixture()
 def plan(tmp_path):
-    path = tmp_path / "study.yaml"
-    path.write_text(STUDY.format(tmp=tmp_path), encoding="utf-8")
-    return make_plan(load_study(path), str(path))
+    return plan_from_text(STUDY, tmp_path)
 
 
 def _suggest_all(searcher: CellSearcher, n: int, start: int = 0) -> list[tuple[str, dict]]:

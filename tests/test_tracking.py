@@ -7,9 +7,8 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from platform.plan import make_plan
+from plans import plan_from_text
 from platform.searcher import META_KEY
-from platform.spec import load_study
 from platform.tracking import (MLflowStudyCallback, StudyTracker, check_tracking, finite_metrics,
                                flatten, result_step)
 
@@ -28,9 +27,7 @@ tracking_uri: sqlite:///{tmp}/mlflow.db
 
 @pytest.fixture()
 def plan(tmp_path):
-    path = tmp_path / "study.yaml"
-    path.write_text(STUDY.format(tmp=tmp_path), encoding="utf-8")
-    return make_plan(load_study(path), str(path))
+    return plan_from_text(STUDY, tmp_path)
 
 
 def _trial_config(plan, cell_index: int, seed: int = 0) -> dict:
