@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from trainables.methods import Method, log_prior, log_train_prior, register
+from trainables.stats import summarize_metrics
 
 _EPS = 1e-12
 
@@ -247,13 +248,8 @@ def run_backdoor(cfg, stage1, compute_metrics) -> tuple[dict, object]:
 
 
 def mean_and_std(per_seed: list[dict]) -> dict:
-    """Mean of every metric over seeds, plus ``<name>_std`` (population std) when seeds > 1."""
-    out: dict[str, float] = {}
-    for key in per_seed[0]:
-        vals = np.array([m[key] for m in per_seed], dtype=np.float64)
-        out[key] = float(np.mean(vals))
-        if len(per_seed) > 1:
-            out[f"{key}_std"] = float(np.std(vals))
+    """Mean of every metric over seeds, plus ``<name>_std`` (sample s.d., trainables.stats) when seeds > 1."""
+    out = summarize_metrics(per_seed)
     out["seeds"] = float(len(per_seed))
     return out
 
