@@ -45,7 +45,10 @@ AXIS_NAMES = {
 def is_seed_param(column: str) -> bool:
     """Seed and runtime parameters: they say which repeat or where, not which configuration."""
     name = column[len(PARAM_PREFIX):] if column.startswith(PARAM_PREFIX) else column
-    return name in ("seed", "seeds") or name.startswith("runtime.")
+    # a replicate sets the world seed, every toy member's pre-training seed (its prior seed pinned)
+    # and the fine-tuning seed (trainables.config.apply_replicate)
+    return (name in ("seed", "seeds", "dataset.world.seed") or name.startswith(("runtime.", "replicates."))
+            or name.endswith((".pretrain.seed", ".pretrain.prior_seed")))
 
 
 def axis_name(column: str) -> str:

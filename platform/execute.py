@@ -27,6 +27,7 @@ from platform.progress import ProgressCallback
 from platform.searcher import (STAGE1_CELL, CellSearcher, finite, get_path, iter_groups, study_name,
                                trial_meta)
 from platform.tracking import MLflowStudyCallback, check_tracking
+from trainables.stats import STD_SUFFIX, summarize
 
 # Never shipped to a cluster with the working directory: environments, outputs, VCS, caches.
 RUNTIME_ENV_EXCLUDES = [".venv", "outputs", ".git", "tests/_artifacts", "benchmarks/results",
@@ -195,6 +196,10 @@ def _records(results: Any) -> list[dict]:
     return out
 
 
+ROW_PREFIXES = ("val/", "test/", "gain/", "baseline/", "pool/", "prior/", "backdoor/")
+"""Result keys a CLI row carries (the selected configuration's mean over its members)."""
+
+
 def select_rows(plan: Any, records: list[dict]) -> list[dict]:
     """One row per cell: its best configuration by the validation metric (seed-group mean for
     ``train`` cells), with that configuration's mean val/test metrics.
@@ -225,17 +230,20 @@ def select_rows(plan: Any, records: list[dict]) -> list[dict]:
                        optuna_trial=trial_meta(members[0]["config"]).get("optuna_trial"),
                        best_config={p: get_path(members[0]["config"], p) for p in (cell.space or {})},
                        trial_ids=[r["trial_id"] for r in members],
-                       # post-hoc/ensemble trials average their seeds themselves (num_seeds)
+                       # post-hoc/ensemble trials average their replicates themselves
                        n_seeds=len(members) if cell.kind == "train"
-                       else int(members[0]["result"].get("num_seeds", len(cell.seeds))))
+                       else int(members[0]["result"].get("replicates", len(cell.replicates))))
             keys = sorted({k for r in members for k in r["result"]
-                           if k.startswith(("val/", "test/")) or k == metric})
+                           if k.startswith(ROW_PREFIXES) or k in (metric, "replicates")})
             for key in keys:
                 vals = [v for r in members if (v := finite(r["result"].get(key))) is not None]
                 if vals:
-                    row[key] = statistics.fmean(vals)
-                    if len(members) > 1 and not key.endswith("_std"):
-                        row[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                    # one definition of mean and sample s.d. (trainables.stats); a stage-2 trial
+                    # reports its own spread over replicates as <key>_std
+                    summary = summarize(vals)
+                    row[key] = summary.mean
+                    if len(members) > 1 and not key.endswith(STD_SUFFIX):
+                        row[key + STD_SUFFIX] = summary.sd
         rows.append(row)
     return rows
 

@@ -34,8 +34,8 @@ class Cell:
     space: dict             # trial path -> distribution dict ({int: [lo, hi]}, ...); {} = none
     algorithm: str          # grid | random | optuna
     num_samples: int        # configurations to try (1 when space is empty)
-    seeds: list[int]
-    trials: int             # train: num_samples * len(seeds); else num_samples
+    replicates: list[dict]  # Replicate dicts (world, pretrain, finetune seed) the cell runs
+    trials: int             # train: num_samples * len(replicates); else num_samples
     prerequisites: list[dict]  # stage-1 trial configs this cell needs (trainables.stages)
 
 
@@ -109,8 +109,8 @@ def _make_cell(study: Study, point: GridPoint) -> Cell:
     n = _num_samples(study, space)
     return Cell(id=point.id, label=point.label, values=dict(point.values),
                 base_config=point.trial, kind=kind, space=space,
-                algorithm=study.search.algorithm, num_samples=n, seeds=list(study.seeds),
-                trials=n * len(study.seeds) if kind == "train" else n,
+                algorithm=study.search.algorithm, num_samples=n, replicates=list(point.trial["replicates"]),
+                trials=n * len(point.trial["replicates"]) if kind == "train" else n,
                 prerequisites=_prerequisites(point.trial))
 
 

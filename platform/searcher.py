@@ -158,15 +158,32 @@ def study_name(plan: Any) -> str:
     return str(_field(plan.study, "name"))
 
 
-def cell_seeds(cell: Any) -> list[int]:
-    """The seeds a cell runs (``[base_config.seed]`` when the cell lists none)."""
-    seeds = list(_field(cell, "seeds", None) or [])
-    return seeds or [int(_field(cell, "base_config", {}).get("seed", 0))]
+def cell_replicates(cell: Any) -> list[dict]:
+    """The replicates (Replicate dicts) a cell runs (its base config's when the cell lists none)."""
+    reps = list(_field(cell, "replicates", None) or [])
+    return reps or list(_field(cell, "base_config", {}).get("replicates") or [{}])
+
+
+def with_replicate(config: dict, rep: dict) -> dict:
+    """A trial config (without the ``ltbias`` block) as replicate ``rep`` runs it
+    (``trainables.config.apply_replicate``: world seed, pre-training seeds, fine-tuning seed)."""
+    from trainables.config import Replicate, TrialConfig, apply_replicate
+
+    cfg = apply_replicate(TrialConfig.model_validate(config), Replicate.model_validate(rep))
+    return cfg.model_dump(mode="json")
+
+
+def replicate_label(rep: dict | None) -> str | None:
+    """'w0-p1-f0' (the ``ltbias.replicate`` tag), None for a trial over all replicates."""
+    if rep is None:
+        return None
+    from trainables.config import Replicate
+    return Replicate.model_validate(rep).label()
 
 
 def cell_group_size(cell: Any) -> int:
-    """Tune trials per configuration: one per seed for ``train`` cells, else one."""
-    return len(cell_seeds(cell)) if _field(cell, "kind", "train") == "train" else 1
+    """Tune trials per configuration: one per replicate for ``train`` cells, else one."""
+    return len(cell_replicates(cell)) if _field(cell, "kind", "train") == "train" else 1
 
 
 def cell_num_configs(cell: Any) -> int:
@@ -396,15 +413,14 @@ class CellSearcher(Searcher):
         st.emitted_configs += 1
         size = cell_group_size(cell)
         st.groups[gindex] = _Group(optuna_trial=number, size=size)
-        seeds: list[int | None] = list(cell_seeds(cell)) if size > 1 or _field(
+        reps: list[dict | None] = list(cell_replicates(cell)) if size > 1 or _field(
             cell, "kind", "train") == "train" else [None]
         configs = []
-        for seed in seeds:
-            config = copy.deepcopy(base)
-            if seed is not None:
-                config["seed"] = int(seed)
+        for rep in reps:
+            config = with_replicate(base, rep) if rep is not None else copy.deepcopy(base)
             config[META_KEY] = {"cell": cid, "stage": 1 if _field(cell, "kind") == "train" else 2,
-                                "optuna_trial": number, "seed": seed, "group": gindex}
+                                "optuna_trial": number, "seed": None if rep is None else config["seed"],
+                                "replicate": replicate_label(rep), "group": gindex}
             configs.append(config)
         return configs
 
@@ -463,6 +479,6 @@ def iter_groups(records: Iterable[dict]) -> dict[tuple[str, int], list[dict]]:
     return groups
 
 
-__all__ = ["CellSearcher", "META_KEY", "STAGE1_CELL", "cell_num_trials", "cell_seeds",
+__all__ = ["CellSearcher", "META_KEY", "STAGE1_CELL", "cell_num_trials", "cell_replicates",
            "get_path", "grid_values", "iter_groups", "optuna_distributions", "plan_num_trials",
            "space_values", "strip_meta", "study_name", "trial_meta"]

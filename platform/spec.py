@@ -34,7 +34,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr,
 from platform import paths
 from platform.errors import Issue, SpecError, did_you_mean, show_value
 from trainables.config import (BackboneConfig, BackdoorConfig, DatasetConfig, FinetuneConfig,
-                               MethodConfig, RuntimeConfig, TrialConfig)
+                               MethodConfig, Replicate, RuntimeConfig, SeedAxes, TrialConfig, seed_axes)
 
 Segment = str | int
 PathTuple = tuple[Segment, ...]
@@ -238,8 +238,11 @@ class Study(TrialSections):
     resources: Resources = Field(default_factory=Resources)
     max_concurrent: int = Field(0, ge=0, description="trials running at once; 0 = as many as "
                                                      "the cluster's resources allow")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
-                             description="stage-1 trials run once per seed; stage-2 trials average them")
+    seeds: list[int] | SeedAxes = Field(
+        default_factory=lambda: [0],
+        description="a list = fine-tuning seeds (world and pre-training replicate 0), or {world: [...], "
+                    "pretrain: [...], finetune: [...]} (their cross product); each combination is a "
+                    "replicate: stage-1 trials run once per replicate, stage-2 trials evaluate all")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default "
                                                        "sqlite:///<repo>/outputs/mlflow.db")
     storage: str | None = Field(None, description="Ray Tune storage (path or URI); default "
@@ -250,11 +253,20 @@ class Study(TrialSections):
 
     @field_validator("seeds")
     @classmethod
-    def _distinct_seeds(cls, v: list[int]) -> list[int]:
-        dup = [s for i, s in enumerate(v) if s in v[:i]]
-        if dup:
-            raise ValueError(f"seed {dup[0]} is listed twice; seeds must be distinct")
+    def _distinct_seeds(cls, v: "list[int] | SeedAxes") -> "list[int] | SeedAxes":
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("give at least one seed")
+            seed_axes(v)  # distinct
         return v
+
+    def seed_axes(self) -> SeedAxes:
+        """The study's three seed axes (a plain list = fine-tuning seeds)."""
+        return seed_axes(self.seeds)
+
+    def replicates(self) -> list[Replicate]:
+        """Every replicate (world x pretrain x finetune seed) the study runs."""
+        return self.seed_axes().replicates()
 
     @model_validator(mode="after")
     def _resolve_locations(self) -> "Study":
@@ -644,6 +656,7 @@ def trial_problems(trial: dict) -> list[tuple[PathTuple, Any, str]]:
                              f"must be a training method (kind 'train'), not a {kinds[path]!r} one"))
     if kinds.get(("method", "name")) == "ensemble":
         problems += _backdoor_problems(trial)
+        problems += _weighting_problems(trial)
     root = trial["dataset"]["root"]
     if root and not Path(root).expanduser().is_dir():
         problems.append((("dataset", "root"), root, "no such folder: give the folder holding the "
@@ -653,6 +666,22 @@ def trial_problems(trial: dict) -> list[tuple[PathTuple, Any, str]]:
         problems.append((("runtime", "fault"), fault, "must be nan_at_epoch:N or crash_at_epoch:N "
                                                       "(testing only; leave unset otherwise)"))
     return problems
+
+
+def _weighting_problems(trial: dict) -> list[tuple[PathTuple, Any, str]]:
+    """backdoor.weighting against its registry, and the aggregation space it needs."""
+    from trainables.methods.weighting import WEIGHTINGS, check_space
+
+    name, space = trial["backdoor"]["weighting"], trial["backdoor"]["aggregation"]
+    if name not in WEIGHTINGS:
+        known = WEIGHTINGS.names()
+        return [(("backdoor", "weighting"), name, f"unknown weighting rule{did_you_mean(name, known)} "
+                                                  f"(known: {', '.join(known)})")]
+    try:
+        check_space(name, space)
+    except ValueError as e:
+        return [(("backdoor", "aggregation"), space, str(e))]
+    return []
 
 
 def _backdoor_problems(trial: dict) -> list[tuple[PathTuple, Any, str]]:
@@ -730,8 +759,8 @@ def trial_config(sections: dict, study: Study) -> dict:
         "finetune": sections["finetune"],
         "method": sections["method"],
         "backdoor": sections["backdoor"],
-        "seed": study.seeds[0],
-        "seeds": list(study.seeds),
+        "seed": study.replicates()[0].finetune,
+        "replicates": [r.model_dump() for r in study.replicates()],
         "runtime": _runtime(study),
     }
 
@@ -743,7 +772,7 @@ def _to_study_path(trial_path: Sequence[Segment], backbone_index: int) -> PathTu
         return ("backbones", backbone_index) + rest
     if head == "pool":
         return ("backbones",) + rest
-    if head in ("seed", "seeds"):
+    if head in ("seed", "replicates"):
         return ("seeds",)
     return tuple(trial_path)
 

@@ -275,7 +275,8 @@ class StudyTracker:
             tags = {LEVEL: "trial", TRIAL_ID: trial_id, CELL: cell_id, PARENT: cell_run,
                     STUDY_RUN: self.start_study(), "ltbias.seed": str(meta.get("seed")),
                     "ltbias.optuna_trial": str(meta.get("optuna_trial")),
-                    "ltbias.stage": str(meta.get("stage"))}
+                    "ltbias.stage": str(meta.get("stage")),
+                    "ltbias.replicate": str(meta.get("replicate"))}
             name = f"{cell_id}/o{meta.get('optuna_trial')}/s{meta.get('seed')}/{trial_id}"
             run_id = self.client.create_run(self.experiment_id(), tags=tags,
                                             run_name=name).info.run_id

@@ -42,6 +42,7 @@ class Stage1Result:
     group_rule: str
     class_names: list[str]
     q_hat: np.ndarray | None = None
+    true_prior: np.ndarray | None = None  # the backbone's known pre-training prior (toy models)
     history: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
@@ -122,6 +123,7 @@ def write_entry(path: str, r: Stage1Result) -> None:
         "group_rule": r.group_rule,
         "class_names": list(r.class_names),
         "q_hat": None if r.q_hat is None else np.asarray(r.q_hat, dtype=np.float64).tolist(),
+        "true_prior": None if r.true_prior is None else np.asarray(r.true_prior, dtype=np.float64).tolist(),
         "history": [_json_safe(h) for h in r.history],
         "metrics": _json_safe(r.metrics),
         "config": r.config,
@@ -143,6 +145,7 @@ def read_entry(path: str) -> Stage1Result:
         group_counts=np.asarray(meta["group_counts"], dtype=np.int64),
         group_rule=meta["group_rule"], class_names=meta["class_names"],
         q_hat=None if meta["q_hat"] is None else np.asarray(meta["q_hat"], dtype=np.float64),
+        true_prior=None if meta.get("true_prior") is None else np.asarray(meta["true_prior"], dtype=np.float64),
         history=[_json_restore(h) for h in meta["history"]], metrics=_json_restore(meta["metrics"]),
         config=meta["config"],
     )

@@ -14,6 +14,7 @@ Resuming is exact: every epoch re-seeds the global RNGs and the shuffle generato
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -32,10 +33,10 @@ from trainables.artifacts import write_artifacts
 from trainables.backbones import build_backbone
 from trainables.backbones.base import Backbone
 from trainables.cache import Stage1Cache, Stage1Result, stage1_key
-from trainables.config import BackboneConfig, MethodConfig, TrialConfig
+from trainables.config import BackboneConfig, MethodConfig, TrialConfig, apply_replicate
 from trainables.data import DataSplits, build_splits
 from trainables.heads import build_head
-from trainables.metrics import compute_metrics
+from trainables.metrics import compute_metrics, prior_error
 from trainables.methods import get_method
 from trainables.methods.backdoor import check_not_double_corrected, mean_and_std, run_backdoor
 from trainables.peft import apply_peft, count_trainable
@@ -81,8 +82,8 @@ def run_trial(config: dict, reporter: Reporter | None = None) -> dict:
     if method.kind == "posthoc":
         return run_posthoc(cfg, reporter)
     if method.kind == "ensemble":
-        metrics, adjusted = run_backdoor(cfg, lambda bb, m, seed: stage1_result(cfg, bb, m, seed), compute_metrics)
-        return report_stage2(reporter, cfg, metrics, adjusted)
+        metrics, adjusted, details = run_backdoor(cfg, stage1_result, compute_metrics)
+        return report_stage2(reporter, cfg, metrics, adjusted, {"replicates.json": details})
     raise ValueError(f"method {cfg.method.name!r} has kind {method.kind!r}; expected train, posthoc or ensemble")
 
 
@@ -160,6 +161,7 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
     # Zero-shot classifier: q_hat from the balanced val split (never test), zero-shot accuracies.
     features: dict[str, torch.Tensor] = {}
     q_hat, zeroshot = None, {}
+    true_prior = getattr(backbone, "true_prior", None)
     if backbone.zero_shot_weight is not None:
         for split in ("val", "test"):
             features[split] = enc(split)
@@ -227,7 +229,7 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
         val_logits, val_labels = predict(phase.model, phase.data["val"], ft.batch_size, device, ft.amp)
         metrics = {"epoch": epoch, "train/loss": loss, "train/lr": lr,
                    "trainable_params": count_trainable(phase.model),
-                   **compute_metrics(val_logits, val_labels, splits.group_counts, q_hat, split="val")}
+                   **compute_metrics(val_logits, val_labels, splits.group_counts, q_hat, "val", true_prior)}
         history.append(dict(metrics))
         if epoch < total:
             report(reporter, metrics, lambda d: save_checkpoint(
@@ -237,14 +239,17 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
     if not metrics:  # no epoch ran (epochs = 0, or resumed after the last one)
         val_logits, val_labels = predict(phase.model, phase.data["val"], ft.batch_size, device, ft.amp)
         metrics = {"epoch": total, "trainable_params": count_trainable(phase.model),
-                   **compute_metrics(val_logits, val_labels, splits.group_counts, q_hat, split="val")}
+                   **compute_metrics(val_logits, val_labels, splits.group_counts, q_hat, "val", true_prior)}
     test_logits, test_labels = predict(phase.model, phase.data["test"], ft.batch_size, device, ft.amp)
-    metrics.update(compute_metrics(test_logits, test_labels, splits.group_counts, q_hat, split="test"))
+    metrics.update(compute_metrics(test_logits, test_labels, splits.group_counts, q_hat, "test", true_prior))
     metrics.update(zeroshot)
+    if true_prior is not None:
+        metrics.update(prior_error(q_hat, true_prior))
     result = Stage1Result(
         val_logits=val_logits, val_labels=val_labels, test_logits=test_logits, test_labels=test_labels,
         train_counts=np.asarray(splits.train_counts), group_counts=np.asarray(splits.group_counts),
         group_rule=splits.group_rule, class_names=list(splits.class_names), q_hat=q_hat,
+        true_prior=None if true_prior is None else np.asarray(true_prior, dtype=np.float64),
         history=history, metrics=dict(metrics), config=cfg.model_dump(mode="json"))
     if write_cache:
         Stage1Cache(rt.cache_dir).put(stage1_key(cfg), result)
@@ -378,30 +383,38 @@ def stage1_result(trial_cfg: TrialConfig, backbone: BackboneConfig, method: Meth
 
 
 def report_stage2(reporter: Reporter | None, cfg: TrialConfig, metrics: dict,
-                  artifacts_of: Stage1Result | None = None) -> dict:
-    """Report a stage-2 trial's metrics once, with ``artifacts/`` of ``artifacts_of`` (its adjusted logits)."""
+                  artifacts_of: Stage1Result | None = None, json_files: dict | None = None) -> dict:
+    """Report a stage-2 trial's metrics once, with ``artifacts/`` of ``artifacts_of`` (its adjusted
+    logits) and ``json_files`` (file name -> JSON-able object) written there too."""
     def write(d: str) -> None:
         if cfg.runtime.artifacts and artifacts_of is not None:
             write_artifacts(os.path.join(d, "artifacts"), artifacts_of)
+        if cfg.runtime.artifacts and json_files:
+            os.makedirs(os.path.join(d, "artifacts"), exist_ok=True)
+            for name, obj in json_files.items():
+                with open(os.path.join(d, "artifacts", name), "w") as f:
+                    json.dump(obj, f, indent=1)
     report(reporter, metrics, write)
     return metrics
 
 
 def run_posthoc(cfg: TrialConfig, reporter: Reporter | None = None) -> dict:
-    """Post-hoc correction of the base method's cached logits, for every seed in cfg.seeds."""
+    """Post-hoc correction of the base method's cached logits, for every replicate in cfg.replicates."""
     method = get_method(cfg.method.name)
     base = cfg.method.model_copy(update={"name": cfg.method.base_method})
     check_not_double_corrected(cfg.method.name, base.name, "method.name", "method.base_method")
     per_seed, first = [], None
-    for seed in cfg.seeds:
-        r = stage1_result(cfg, cfg.backbone, base, seed)
+    for rep in cfg.replicates:
+        rc = apply_replicate(cfg, rep)
+        r = stage1_result(rc, rc.backbone, base, rc.seed)
         if getattr(method, "needs_prior", False) and r.q_hat is None:
             raise ValueError(f"method {cfg.method.name!r} needs q_hat, but backbone {cfg.backbone.display()!r} "
                              f"has no zero-shot classifier; use posthoc_la")
         adjusted = {s: np.asarray(method.adjust(getattr(r, f"{s}_logits"), cfg.method, r.train_counts, r.q_hat),
                                   dtype=np.float32) for s in ("val", "test")}
-        per_seed.append({**compute_metrics(adjusted["val"], r.val_labels, r.group_counts, r.q_hat, split="val"),
-                         **compute_metrics(adjusted["test"], r.test_labels, r.group_counts, r.q_hat, split="test")})
+        per_seed.append({**compute_metrics(adjusted["val"], r.val_labels, r.group_counts, r.q_hat, "val", r.true_prior),
+                         **compute_metrics(adjusted["test"], r.test_labels, r.group_counts, r.q_hat, "test", r.true_prior),
+                         **(prior_error(r.q_hat, r.true_prior) if r.true_prior is not None else {})})
         if first is None:
             first = Stage1Result(**{**r.__dict__, "val_logits": adjusted["val"], "test_logits": adjusted["test"]})
     return report_stage2(reporter, cfg, mean_and_std(per_seed), first)
