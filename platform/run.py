@@ -93,13 +93,15 @@ def _number(v: Any) -> str:
 def format_plan(plan: Plan) -> str:
     """What --dry-run prints: the cells with kind and trials, stages, totals, resources."""
     s = plan.study
-    seeds = ", ".join(map(str, s.seeds))
+    ax = s.seed_axes()
+    seeds = (f"{len(s.replicates())} replicate(s) = {len(ax.world)} world x {len(ax.pretrain)} pre-training x "
+             f"{len(ax.finetune)} fine-tuning seed(s)")
     searched = [c for c in plan.cells if c.space]
     lines = [f"study {s.name} ({plan.study_path}, spec {plan.spec_hash[:12]})"]
     if s.description:
         lines.append(f"  {s.description}")
-    lines.append(f"  {len(plan.cells)} cell(s) x seeds [{seeds}]; select on {plan.metric} "
-                 f"({plan.mode})")
+    lines.append(f"  {len(plan.cells)} cell(s) x {seeds}; select on {plan.metric} ({plan.mode})")
+    lines.append(f"  seeds: world {ax.world}, pre-training {ax.pretrain}, fine-tuning {ax.finetune}")
     if searched:
         lines.append(f"  search {s.search.algorithm} over {', '.join(s.search.space)} in "
                      f"{len(searched)} cell(s)")

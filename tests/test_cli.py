@@ -90,6 +90,7 @@ def test_dry_run_prints_cells_trials_stages_and_resources_without_ray_or_mlflow(
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "c00   train       6" in out and "c01   train       6" in out  # 3 samples x 2 seeds
+    assert "2 replicate(s) = 1 world x 1 pre-training x 2 fine-tuning seed(s)" in out
     assert "method.name=ce" in out and "method.name=la" in out
     assert "3 x finetune.lr" in out
     assert "stage 1 prerequisites 0" in out and "total trials: 12" in out

@@ -69,7 +69,7 @@ def test_base_config_is_a_valid_trial_config_with_seeds_and_runtime_under_storag
     plan = plan_of(TWO_POOL + f"seeds: [3, 4]\nstorage: {tmp_path / 'runs'}\n")
     cfg = plan.cells[0].base_config
     assert TrialConfig.model_validate(cfg).model_dump(mode="json") == cfg
-    assert cfg["seed"] == 3 and cfg["seeds"] == [3, 4]
+    assert cfg["seed"] == 3 and cfg["replicates"] == [{"world": 0, "pretrain": 0, "finetune": f} for f in (3, 4)]
     assert [b["name"] for b in cfg["pool"]] == ["a", "b"] and cfg["backbone"]["name"] == "a"
     assert cfg["runtime"]["cache_dir"] == str(tmp_path / "runs" / "_cache")
     assert cfg["runtime"]["zoo_dir"] == str(tmp_path / "runs" / "_zoo")
@@ -107,6 +107,15 @@ def test_prerequisites_are_unique_across_cells_and_counted_in_total_trials():
     assert {p["seed"] for p in plan.prerequisites} == {0, 1}
     assert all(p["method"]["name"] == "ce" for p in plan.prerequisites)
     assert plan.total_trials == 1 + 1 + 2
+
+
+def test_seed_axes_are_a_cross_product_of_replicates():
+    plan = plan_of(TWO_POOL + "seeds: {world: [0, 1], pretrain: [0, 1, 2]}\ngrid: {method.name: [la, posthoc_la]}\n")
+    la, post = plan.cells
+    assert la.trials == 6 and post.trials == 1  # stage 1 once per replicate; stage 2 evaluates all
+    assert [(r["world"], r["pretrain"], r["finetune"]) for r in la.replicates] == [
+        (w, p, 0) for w in (0, 1) for p in (0, 1, 2)]
+    assert len(post.prerequisites) == 6
 
 
 def test_grid_algorithm_tries_every_combination():

@@ -78,7 +78,8 @@ def test_stage1_prerequisites_come_first_and_posthoc_waits_for_them(plan):
     s.on_trial_complete("t1", error=True)  # an errored prerequisite still ends the wait
     posthoc = s.suggest("t6")
     assert trial_meta(posthoc)["cell"] == "c01" and trial_meta(posthoc)["stage"] == 2
-    assert posthoc["seeds"] == [0, 1]  # one trial: the trainable averages the seeds itself
+    # one trial: the trainable averages the replicates itself
+    assert [r["finetune"] for r in posthoc["replicates"]] == [0, 1] and trial_meta(posthoc)["replicate"] is None
     assert s.suggest("t7") == Searcher.FINISHED
 
 
@@ -94,6 +95,8 @@ def test_seed_group_shares_params_and_tells_optuna_the_mean_when_complete(plan):
     emitted = dict(_suggest_all(s, 6))
     a, b = emitted["t2"], emitted["t3"]
     assert (a["seed"], b["seed"]) == (0, 1)
+    assert (trial_meta(a)["replicate"], trial_meta(b)["replicate"]) == ("w0-p0-f0", "w0-p0-f1")
+    assert a["replicates"] == [{"world": 0, "pretrain": 0, "finetune": 0}]
     assert a["finetune"]["lr"] == b["finetune"]["lr"]
     assert trial_meta(a)["optuna_trial"] == trial_meta(b)["optuna_trial"] == 0
     s.on_trial_complete("t2", {"val/acc": 0.4})

@@ -180,7 +180,9 @@ def test_two_schedulers_at_once_are_refused():
 
 def test_seeds_must_be_distinct_and_non_empty():
     assert "seed 1 is listed twice" in error("name: x\nseeds: [1, 1]\n")
-    assert "seeds = []: must have at least 1 item" in error("name: x\nseeds: []\n")
+    assert "seeds = []: give at least one seed" in error("name: x\nseeds: []\n")
+    assert "seed 2 is listed twice" in error("name: x\nseeds: {pretrain: [2, 2]}\n")
+    assert "seeds.world" in error("name: x\nseeds: {world: []}\n")
 
 
 def test_unknown_dataset_and_method_are_checked_against_the_registries():
