@@ -230,9 +230,11 @@ class Study(TrialSections):
     runtime: RuntimeConfig = Field(
         default_factory=RuntimeConfig,
         description="where trials read and write; cache_dir and zoo_dir default under storage")
-    grid: dict[str, list[Any]] = Field(
-        default_factory=dict, description="study path -> non-empty list of values; the cells are "
-                                          "their full cross product (file order)")
+    grid: dict[str, list[Any] | dict[str, dict[str, Any]]] = Field(
+        default_factory=dict, description="study path -> non-empty list of values, or a named bundle "
+                                          "axis name -> {label: {study path: value, ...}} (one axis "
+                                          "setting several paths together); the cells are the full "
+                                          "cross product of the axes (file order)")
     search: SearchSpec = Field(default_factory=SearchSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     resources: Resources = Field(default_factory=Resources)
@@ -280,7 +282,9 @@ class Study(TrialSections):
             self.storage = str(paths.local_path(self.storage))
         if self.scheduler.asha is not None and self.scheduler.asha.max_t is None:
             epochs = [self.finetune.epochs] + [v for v in self.grid.get("finetune.epochs", [])
-                                               if isinstance(v, int)]
+                                               if isinstance(v, int)] + [
+                b["finetune.epochs"] for axis in self.grid.values() if isinstance(axis, dict)
+                for b in axis.values() if isinstance(b.get("finetune.epochs"), int)]
             self.scheduler.asha.max_t = max(1, *epochs)
         return self
 
@@ -781,25 +785,43 @@ def expand_grid(study: Study) -> list[GridPoint]:
     """Every grid cell (full cross product, axes in file order), each validated; SpecError lists
     each problem once, naming the cells it occurs in."""
     source = study.source or Source(file="<study>")
-    axes = list(study.grid.items())
     base = study.model_dump(mode="json", include=set(GRID_ROOTS))
-    resolved: list[list[Segment]] = []
+    # Each axis: its name, its value labels, and per value the (study path, value) it sets. A plain
+    # axis sets its own path; a bundle axis {label: {path: value}} sets each label's paths.
+    axes: list[tuple[str, list[Any]]] = []
+    settings: list[list[list[tuple[list[Segment], Any]]]] = []
+    resolved: list[list[list[Segment]]] = []  # per axis, the study paths it sets
     issues: list[Issue] = []
-    for axis, values in axes:
-        try:
-            segments, _ = resolve_path(TrialSections, split_path(axis), roots=GRID_ROOTS)
-            resolved.append(segments)
-        except ValueError as e:
-            issues.append(source.issue(("grid", axis), f"not a study path: {e}", has_value=False))
-            continue
+    for axis, values in study.grid.items():
         if not values:
             issues.append(source.issue(("grid", axis), "an axis needs at least one value", values))
             continue
+        bundle = isinstance(values, dict)
+        per_value = list(values.values()) if bundle else [{axis: v} for v in values]
+        paths: dict[str, list[Segment]] = {}
+        ok = True
+        for j, assignment in enumerate(per_value):
+            for path in assignment:
+                if path in paths:
+                    continue
+                try:
+                    paths[path], _ = resolve_path(TrialSections, split_path(path), roots=GRID_ROOTS)
+                except ValueError as e:
+                    where = ("grid", axis, list(values)[j], path) if bundle else ("grid", axis)
+                    issues.append(source.issue(where, f"not a study path: {e}", has_value=False))
+                    ok = False
+        if not ok:
+            continue
         try:  # indices must exist in the study (a '*' or a field creates nothing new)
-            set_path(copy.deepcopy(base), segments, values[0])
+            for path, value in per_value[0].items():
+                set_path(copy.deepcopy(base), paths[path], value)
         except KeyError as e:
             issues.append(source.issue(("grid", axis), f"cannot be applied: {e.args[0]}",
                                        has_value=False))
+            continue
+        axes.append((axis, list(values)))
+        settings.append([[(paths[p], v) for p, v in a.items()] for a in per_value])
+        resolved.append(list(paths.values()))
     if issues:
         raise SpecError(issues, source.file)
 
@@ -815,7 +837,7 @@ def expand_grid(study: Study) -> list[GridPoint]:
         def axis_of(study_path: Sequence[Segment]) -> tuple[PathTuple, Any] | None:
             """The grid value node responsible for a study path (last matching axis wins)."""
             for k in reversed(range(len(axes))):
-                if _matches(resolved[k], study_path):
+                if any(_matches(r, study_path) for r in resolved[k]):
                     return ("grid", axes[k][0], combo[k]), axes[k][1][combo[k]]
             return None
 
@@ -830,8 +852,9 @@ def expand_grid(study: Study) -> list[GridPoint]:
 
         doc = copy.deepcopy(base)
         try:
-            for k, segments in enumerate(resolved):
-                set_path(doc, segments, axes[k][1][combo[k]])
+            for k in range(len(axes)):
+                for segments, value in settings[k][combo[k]]:
+                    set_path(doc, segments, value)
         except KeyError as e:
             record(("grid", axes[k][0]), None, f"cannot be applied: {e.args[0]}", has_value=False)
             continue
@@ -912,10 +935,13 @@ def searched(study: Study, point: GridPoint) -> bool:
     if not study.search.space:
         return False
     for path, allowed in (study.search.where or {}).items():
-        try:
-            value = get_path(point.sections, resolve_path(TrialSections, split_path(path))[0])
-        except (KeyError, ValueError):
-            return False
+        if isinstance(study.grid.get(path), dict):  # a bundle axis: its labels
+            value = point.values.get(path)
+        else:
+            try:
+                value = get_path(point.sections, resolve_path(TrialSections, split_path(path))[0])
+            except (KeyError, ValueError):
+                return False
         if value not in allowed:
             return False
     return True
@@ -934,15 +960,18 @@ def _check_search(study: Study, points: list[GridPoint]) -> None:
                                        has_value=False))
     for path, allowed in (study.search.where or {}).items():
         try:
-            resolve_path(TrialSections, split_path(path), roots=GRID_ROOTS)
+            if not isinstance(study.grid.get(path), dict):
+                resolve_path(TrialSections, split_path(path), roots=GRID_ROOTS)
         except ValueError as e:
             issues.append(source.issue(("search", "where", path), f"not a study path: {e}",
                                        has_value=False))
         if not allowed:
             issues.append(source.issue(("search", "where", path), "needs at least one value", allowed))
+    swept = [(axis, p) for axis, values in study.grid.items()
+             for p in (sorted({q for b in values.values() for q in b}) if isinstance(values, dict) else [axis])]
     for path, segments in space.items():
-        for axis in study.grid:
-            a = split_path(axis)
+        for axis, swept_path in swept:
+            a = split_path(swept_path)
             if a[0] in SEARCH_ROOTS and (_matches(a, segments) or _matches(segments, a)):
                 issues.append(source.issue(("search", "space", path), f"is also the grid axis {axis!r}: "
                                            "a parameter is either swept or searched", has_value=False))

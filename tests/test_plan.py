@@ -171,3 +171,23 @@ def test_apply_params_sets_searched_values_on_a_copy():
     assert cfg["finetune"]["lr"] == 0.05 and [b["label"] for b in cfg["pool"]] == ["x", "x"]
     assert base["finetune"]["lr"] == 0.01
     assert [c.trials for c in plan.cells] == [3, 3] and plan.total_trials == 6
+
+
+def test_a_named_bundle_axis_sets_several_paths_per_label():
+    plan = plan_of(TWO_POOL + textwrap.dedent("""\
+        grid:
+          pool:
+            same prior: {backbones.0.pretrain.prior_seed: 9, backbones.1.pretrain.prior_seed: 9}
+            different priors: {backbones.0.pretrain.prior_seed: 1, backbones.1.pretrain.prior_seed: 2}
+          dataset.imbalance_ratio: [10, 100]
+        """))
+    assert [c.values for c in plan.cells] == [
+        {"pool": p, "dataset.imbalance_ratio": ir} for p in ("same prior", "different priors") for ir in (10, 100)]
+    priors = [[b["pretrain"]["prior_seed"] for b in c.base_config["pool"]] for c in plan.cells]
+    assert priors == [[9, 9], [9, 9], [1, 2], [1, 2]]
+    assert "pool=same prior" in plan.cells[0].label
+
+
+def test_a_bundle_axis_names_a_bad_path_inside_it():
+    msg = plan_error(TWO_POOL + "grid:\n  arm:\n    x: {backbones.0.pretrain.nope: 1}\n")
+    assert "nope" in msg and "not a study path" in msg
