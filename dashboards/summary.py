@@ -17,6 +17,7 @@ import pandas as pd
 
 from dashboards.charts import Stat
 from dashboards.data import PARAM_PREFIX
+from trainables.stats import STD_SUFFIX, summarize
 
 METHOD = PARAM_PREFIX + "method.name"
 IMBALANCE = PARAM_PREFIX + "dataset.imbalance_ratio"
@@ -125,13 +126,14 @@ class Selection:
         values = self.runs[metric].dropna()
         if values.empty:
             return Stat(math.nan, None, 0)
+        summary = summarize(values.tolist())  # the one mean and sample s.d. (trainables.stats)
         std: float | None = None
         if len(values) >= 2:
-            std = float(values.std(ddof=1))
-        elif metric + "_std" in self.runs:
-            reported = self.runs.loc[values.index, metric + "_std"].dropna()
+            std = summary.sd
+        elif metric + STD_SUFFIX in self.runs:
+            reported = self.runs.loc[values.index, metric + STD_SUFFIX].dropna()
             std = float(reported.iloc[0]) if not reported.empty else None
-        return Stat(float(values.mean()) * scale, None if std is None else std * scale, int(len(values)))
+        return Stat(summary.mean * scale, None if std is None else std * scale, summary.n)
 
 
 def proposal_keys(trials: pd.DataFrame) -> pd.Series:

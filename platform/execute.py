@@ -25,7 +25,7 @@ from platform import paths
 from platform.errors import PlatformInputError
 from platform.progress import ProgressCallback
 from platform.searcher import (STAGE1_CELL, CellSearcher, finite, get_path, iter_groups, study_name,
-                               trial_meta)
+                               strip_meta, trial_meta)
 from platform.tracking import MLflowStudyCallback, check_tracking
 from trainables.stats import STD_SUFFIX, summarize
 
@@ -248,6 +248,40 @@ def select_rows(plan: Any, records: list[dict]) -> list[dict]:
     return rows
 
 
+PRIOR_METRICS = ("prior/spearman", "prior/tv")
+
+
+def prior_rows(records: list[dict]) -> list[dict]:
+    """q_hat's error per backbone, from the stage-1 trials that report it (toy backbones).
+
+    A backbone is its label (or display name) with its pre-training imbalance ratio, prior seed
+    and prior agreement; its replicates (world and pre-training seeds) are summarised with
+    ``trainables.stats.summarize``. A fine-tune of the same model with another method counts once.
+    """
+    groups: dict[str, dict[tuple, dict]] = {}
+    for rec in records:
+        result, config = rec.get("result") or {}, strip_meta(rec.get("config") or {})
+        if rec.get("status") == "ERROR" or finite(result.get("prior/spearman")) is None:
+            continue
+        bb = config.get("backbone") or {}
+        pre = bb.get("pretrain") or {}
+        seed = pre.get("seed", 0)
+        prior_seed = pre.get("prior_seed") if pre.get("prior_seed") is not None else seed
+        name = f"{bb.get('label') or bb.get('name', '?')} ir{pre.get('imbalance_ratio', 0):g} prior{prior_seed}"
+        if pre.get("prior_agreement") is not None:
+            name += f" rho{pre['prior_agreement']:g}"
+        model = (json.dumps((config.get("dataset") or {}).get("world"), sort_keys=True), seed)
+        groups.setdefault(name, {}).setdefault(model, result)
+    out = []
+    for name, models in groups.items():
+        row: dict[str, Any] = {"backbone": name, "n": len(models)}
+        for key in PRIOR_METRICS:
+            s = summarize([r[key] for r in models.values() if finite(r.get(key)) is not None])
+            row[key], row[key + STD_SUFFIX] = s.mean, s.sd
+        out.append(row)
+    return out
+
+
 # --------------------------------------------------------------------------- the run
 
 def _stamp(experiment: Path, plan: Any) -> None:
@@ -350,7 +384,8 @@ def run_study(plan: Any, args: Any, *, trainable: Callable[[dict], None] | None 
         failed = sum(r["status"] == "ERROR" for r in records)
         callback.finish(rows, failed)
         return StudyOutcome(rows=rows, failed_trials=failed, total_trials=len(records),
-                            study_run_id=callback.study_run_id, tracking_uri=tracking_uri)
+                            study_run_id=callback.study_run_id, tracking_uri=tracking_uri,
+                            prior_rows=prior_rows(records))
     finally:
         if started:
             ray.shutdown()
@@ -383,4 +418,4 @@ def _find_tracker(tuner: Any) -> MLflowStudyCallback | None:
 
 
 __all__ = ["CellASHAScheduler", "check_storage", "default_trainable", "init_ray", "make_scheduler",
-           "run_study", "select_rows"]
+           "prior_rows", "run_study", "select_rows"]

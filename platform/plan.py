@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from platform import paths
@@ -67,6 +67,7 @@ class StudyOutcome:
     ``plan.metric``), then any metric by its name: ``test/acc``, ``test/d_many``, ``test/d_medium``,
     ``test/d_few``, ``test/p_many``, ``test/p_medium``, ``test/p_few`` ... (missing = not reported).
     ``failed_trials``: trials that still failed after their retries (the CLI exits 1 when > 0).
+    ``prior_rows``: per toy backbone, how well q_hat estimates its true pre-training prior.
     """
 
     rows: list[dict]
@@ -74,6 +75,7 @@ class StudyOutcome:
     total_trials: int
     study_run_id: str
     tracking_uri: str
+    prior_rows: list[dict] = field(default_factory=list)  # q_hat's error per backbone (execute.prior_rows)
 
 
 def apply_params(base_config: dict, params: dict[str, Any]) -> dict:

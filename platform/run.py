@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from platform.errors import PlatformInputError, SpecError, show_value
 from platform.plan import Plan, StudyOutcome, check_fits, local_capacity, make_plan
 from platform.spec import load_study
+from trainables.stats import STD_SUFFIX
 
 EXIT_OK, EXIT_FAILED_TRIALS, EXIT_INVALID = 0, 1, 2
 RESULT_METRICS = ("test/acc", "test/d_many", "test/d_medium", "test/d_few",
@@ -125,19 +126,74 @@ def format_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _pct(row: dict, key: str, signed: bool = False) -> str:
+    """``row[key]`` in percent with its sample s.d. (``key_std``): '85.3 ± 1.2'; '-' when missing."""
+    v = row.get(key)
+    if v is None:
+        return "-"
+    if not _finite(v):
+        return "nan"
+    text = f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"
+    sd = row.get(key + STD_SUFFIX)
+    return text + (f" ± {100 * sd:.1f}" if _finite(sd) else "")
+
+
+def _gain(row: dict, key: str) -> str:
+    """A paired gain in points: '+3.1 ± 1.2 [+0.5, +5.6]' (s.d. over replicates, 95 % interval)."""
+    text = _pct(row, key, signed=True)
+    lo, hi = row.get(key + "_lo"), row.get(key + "_hi")
+    if _finite(lo) and _finite(hi):
+        text += f" [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    return text
+
+
 def format_outcome(outcome: StudyOutcome, plan: Plan) -> str:
-    """The results table (best configuration per cell and its test metrics) and how to browse."""
-    header = ["cell", "label", "best configuration", plan.metric,
+    """The results tables and how to browse them.
+
+    1. Per cell, the selected configuration: every metric in percent, mean ± sample s.d. over
+       the n replicates (``trainables.stats``).
+    2. Ensembles vs single models (backdoor cells): the backdoor's test accuracy; the best single
+       model (member x baseline method chosen on validation, per replicate) and the mean single
+       model; the paired gain over the best single model, ± s.d. over replicates with its 95 %
+       interval (t over replicates with >= 3, else a bootstrap over test images); the same gain on
+       P-few classes by q_hat and by the true pre-training prior; the pool's prior agreement.
+    3. q_hat's error per backbone: Spearman correlation with the true prior and total variation.
+    """
+    header = ["cell", "label", "best configuration", plan.metric, "n",
               *[m.removeprefix("test/") if m != "test/acc" else m for m in RESULT_METRICS]]
     rows = []
     for row in outcome.rows:
         best = " ".join(f"{k}={_number(v)}" for k, v in (row.get("best_config") or {}).items())
+        n = row.get("n_seeds")
+        metric_row = {**row, plan.metric: row.get("metric", row.get(plan.metric))}
         rows.append([str(row.get("cell", "?")), str(row.get("label", "")), best or "-",
-                     _number(row.get("metric", row.get(plan.metric))),
-                     *[_number(row.get(m)) for m in RESULT_METRICS]])
-    lines = [_table(header, rows), "",
-             f"trials: {outcome.total_trials}, failed beyond retries: {outcome.failed_trials}; "
-             f"study run {outcome.study_run_id}"]
+                     _pct(metric_row, plan.metric), str(n) if n is not None else "-",
+                     *[_pct(row, m) for m in RESULT_METRICS]])
+    lines = ["results (percent; mean ± sample s.d. over n replicates)", _table(header, rows)]
+    ens = [r for r in outcome.rows if "gain/test/acc" in r]
+    if ens:
+        lines += ["", "ensembles vs single models (test, percent; gain = backdoor - best single, paired "
+                      "over replicates, ± s.d. [95 % interval])",
+                  _table(["cell", "label", "n", "backdoor", "best single", "mean single", "gain",
+                          "P-few gain (q_hat)", "P-few gain (true prior)", "prior spearman"],
+                         [[str(r.get("cell", "?")), str(r.get("label", "")), str(r.get("n_seeds", "-")),
+                           _pct(r, "test/acc"), _pct(r, "baseline/best_single/acc"),
+                           _pct(r, "baseline/mean_single/acc"), _gain(r, "gain/test/acc"),
+                           _gain(r, "gain/test/p_few"), _gain(r, "gain/test/p_true_few"),
+                           _number(r.get("pool/prior_spearman"))] for r in ens])]
+    if outcome.prior_rows:
+        lines += ["", "q_hat vs the true pre-training prior, per backbone (mean ± s.d. over its replicates)",
+                  _table(["backbone", "n", "spearman", "total variation"],
+                         [[r["backbone"], str(r["n"]),
+                           f"{_number(r['prior/spearman'])} ± {_number(r.get('prior/spearman' + STD_SUFFIX))}",
+                           f"{_number(r['prior/tv'])} ± {_number(r.get('prior/tv' + STD_SUFFIX))}"]
+                          for r in outcome.prior_rows])]
+    lines += ["", f"trials: {outcome.total_trials}, failed beyond retries: {outcome.failed_trials}; "
+                  f"study run {outcome.study_run_id}"]
     lines += ["", "browse the results:", "  python -m platform.ui"]
     uri = outcome.tracking_uri or plan.tracking_uri
     if uri.startswith(("http://", "https://")):

@@ -314,3 +314,18 @@ def test_crashing_trial_is_retried_in_its_run_or_marked_failed(local_ray, tmp_pa
         assert not row["selected"] and row["n_failed"] == 1
         study = optuna.load_study(study_name=f"{plan.study.name}/c00", storage=plan.optuna_storage)
         assert [t.state for t in study.trials] == [TrialState.FAIL]
+
+
+def test_prior_rows_summarise_q_hat_error_per_backbone_once_per_model():
+    from platform.execute import prior_rows
+
+    def rec(seed, method, rho, status="TERMINATED"):
+        cfg = {"backbone": {"label": "m0", "pretrain": {"imbalance_ratio": 10, "seed": seed, "prior_seed": 0}},
+               "dataset": {"world": {"seed": 0}}, "method": {"name": method}}
+        return {"status": status, "config": cfg, "result": {"prior/spearman": rho, "prior/tv": 0.1}}
+
+    rows = prior_rows([rec(0, "ce", 0.9), rec(0, "la", 0.9), rec(1000, "la", 0.7), rec(2000, "la", 0.8),
+                       rec(3000, "la", 0.1, status="ERROR")])
+    assert len(rows) == 1 and rows[0]["backbone"] == "m0 ir10 prior0" and rows[0]["n"] == 3
+    assert rows[0]["prior/spearman"] == pytest.approx(0.8)
+    assert rows[0]["prior/spearman_std"] == pytest.approx(0.1)
