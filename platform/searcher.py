@@ -36,6 +36,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from platform.plan import apply_params
+from platform.space import grid_values, kind_of, sample
 
 META_KEY = "ltbias"
 """Top-level trial-config key carrying the trial's place in the study; never part of TrialConfig."""
@@ -43,7 +44,6 @@ META_KEY = "ltbias"
 STAGE1_CELL = "stage1"
 """Cell id of the plan's prerequisite stage-1 trials."""
 
-SPACE_KINDS = ("int", "float", "logfloat", "categorical", "subset", "simplex")
 
 
 # --------------------------------------------------------------------------- config paths
@@ -75,19 +75,12 @@ def strip_meta(config: dict) -> dict:
 
 # --------------------------------------------------------------------------- search spaces
 
-def _space_kind(path: str, spec: Any) -> tuple[str, Any]:
-    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SPACE_KINDS:
-        raise ValueError(f"search.space.{path} = {spec!r}: expected one of "
-                         + ", ".join(f"{{{k}: ...}}" for k in SPACE_KINDS))
-    kind, arg = next(iter(spec.items()))
-    return kind, arg
-
-
 def optuna_distributions(space: dict[str, Any]) -> dict[str, BaseDistribution]:
-    """The Optuna distributions of a cell's space; subset/simplex of size N become N params ``path.i``."""
+    """The Optuna distributions of every parameter of a space (conditions ignored); subset/simplex
+    of size N become N params ``path.i``. Sampling itself is define-by-run (``platform.space.sample``)."""
     out: dict[str, BaseDistribution] = {}
     for path, spec in space.items():
-        kind, arg = _space_kind(path, spec)
+        kind, arg = kind_of(spec)
         if kind == "int":
             out[path] = IntDistribution(int(arg[0]), int(arg[1]))
         elif kind in ("float", "logfloat"):
@@ -103,38 +96,28 @@ def optuna_distributions(space: dict[str, Any]) -> dict[str, BaseDistribution]:
     return out
 
 
-def grid_values(space: dict[str, Any]) -> dict[str, list]:
-    """The value lists of an exhaustive grid over a space of int and categorical entries."""
-    out: dict[str, list] = {}
-    for path, spec in space.items():
-        kind, arg = _space_kind(path, spec)
-        if kind == "int":
-            out[path] = list(range(int(arg[0]), int(arg[1]) + 1))
-        elif kind == "categorical":
-            out[path] = list(arg)
-        else:
-            raise ValueError(f"search.space.{path}: algorithm 'grid' enumerates only int and "
-                             f"categorical entries, not {kind!r}; use algorithm 'optuna' or 'random'")
-    return out
-
-
 def space_values(space: dict[str, Any], params: dict[str, Any], number: int) -> dict[str, Any]:
-    """Turn Optuna params into config values by space path (subset -> index list, simplex -> weights).
+    """Turn Optuna params into config values by space path (subset -> index list, simplex -> weights);
+    a parameter the trial did not have (its condition was false) is left out.
 
     An empty subset is repaired to the single index ``number % N`` (deterministic, so that a
     trial's config is reproducible from its number), because no consumer accepts an empty set.
     """
     values: dict[str, Any] = {}
     for path, spec in space.items():
-        kind, arg = _space_kind(path, spec)
+        kind, arg = kind_of(spec)
         if kind == "subset":
+            if f"{path}.0" not in params:
+                continue
             chosen = [i for i in range(int(arg)) if params[f"{path}.{i}"]]
             values[path] = chosen or [number % int(arg)]
         elif kind == "simplex":
+            if f"{path}.0" not in params:
+                continue
             raw = [float(params[f"{path}.{i}"]) for i in range(int(arg))]
             total = sum(raw)
             values[path] = [r / total for r in raw] if total > 0 else [1.0 / len(raw)] * len(raw)
-        else:
+        elif path in params:
             values[path] = params[path]
     return values
 
@@ -406,9 +389,10 @@ class CellSearcher(Searcher):
         base = copy.deepcopy(dict(cell.base_config))
         number = None
         if space:
-            trial = self.optuna_study(cid).ask(optuna_distributions(space))
+            trial = self.optuna_study(cid).ask()  # define-by-run: inactive parameters never sampled
             number = trial.number
-            base = apply_params(base, space_values(space, trial.params, number))
+            cfg = base
+            base = apply_params(base, sample(space, trial, lambda path: get_path(cfg, path)))
         gindex = st.emitted_configs
         st.emitted_configs += 1
         size = cell_group_size(cell)

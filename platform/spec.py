@@ -33,6 +33,8 @@ from pydantic import (BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr,
 
 from platform import paths
 from platform.errors import Issue, SpecError, did_you_mean, show_value
+from platform.space import DISTRIBUTIONS, check_distribution, condition, representative_values
+from platform.space import JSON_SCHEMA as SPACE_SCHEMA
 from trainables.config import (BackboneConfig, BackdoorConfig, DatasetConfig, FinetuneConfig,
                                MethodConfig, Replicate, RuntimeConfig, SeedAxes, TrialConfig, seed_axes)
 
@@ -40,81 +42,10 @@ Segment = str | int
 PathTuple = tuple[Segment, ...]
 
 # --------------------------------------------------------------------------------------------
-# Search distributions: one-key mappings, kept as plain dicts (what the searcher consumes).
+# Search distributions: the models and checks live in platform.space; the plan carries plain dicts.
 # --------------------------------------------------------------------------------------------
 
-DISTRIBUTIONS = {
-    "int": "[lo, hi] integers, lo < hi (both included)",
-    "float": "[lo, hi] numbers, lo < hi (uniform)",
-    "logfloat": "[lo, hi] numbers, 0 < lo < hi (log-uniform)",
-    "categorical": "a non-empty list of distinct choices",
-    "subset": "N >= 1: a non-empty subset of range(N), as a sorted list (backdoor.strata)",
-    "simplex": "N >= 1: N non-negative weights summing to 1 (backdoor.weights)",
-}
-_DIST_HELP = "a one-key mapping: " + "; ".join(f"{{{k}: {v.split(':')[0]}}}" if k in ("subset", "simplex")
-                                                 else f"{{{k}: {v}}}" for k, v in DISTRIBUTIONS.items())
-
-
-def check_distribution(value: Any) -> dict[str, Any]:
-    """Validate a search distribution such as ``{logfloat: [0.001, 0.1]}``; return it normalised."""
-    if not isinstance(value, dict) or len(value) != 1:
-        raise ValueError(f"a distribution is {_DIST_HELP}")
-    (kind, arg), = value.items()
-    if kind not in DISTRIBUTIONS:
-        raise ValueError(f"unknown distribution {kind!r}{did_you_mean(kind, list(DISTRIBUTIONS))} "
-                         f"(known: {', '.join(DISTRIBUTIONS)})")
-    expected = f"{{{kind}: {DISTRIBUTIONS[kind]}}}"
-    if kind in ("int", "float", "logfloat"):
-        number = int if kind == "int" else (int, float)
-        if (not isinstance(arg, (list, tuple)) or len(arg) != 2
-                or not all(isinstance(x, number) and not isinstance(x, bool) for x in arg)):
-            raise ValueError(f"expected {expected}")
-        lo, hi = arg
-        if not all(math.isfinite(x) for x in arg):
-            raise ValueError(f"bounds must be finite: expected {expected}")
-        if not lo < hi:
-            raise ValueError(f"lo ({lo}) must be < hi ({hi}): expected {expected}")
-        if kind == "logfloat" and lo <= 0:
-            raise ValueError(f"lo ({lo}) must be > 0 on a log scale: expected {expected}")
-        return {kind: [lo, hi] if kind == "int" else [float(lo), float(hi)]}
-    if kind == "categorical":
-        if not isinstance(arg, (list, tuple)) or not arg:
-            raise ValueError(f"no choices: expected {expected}")
-        keys = [json.dumps(x, sort_keys=True, default=str) for x in arg]
-        for i, key in enumerate(keys):
-            if key in keys[:i]:
-                raise ValueError(f"choice {show_value(arg[i])} is given twice: expected {expected}")
-        return {kind: list(arg)}
-    if not isinstance(arg, int) or isinstance(arg, bool) or arg < 1:
-        raise ValueError(f"expected {expected}")
-    return {kind: arg}
-
-
-def representative_values(dist: dict[str, Any]) -> list[Any]:
-    """Values a distribution can produce that together probe its extremes (for validation)."""
-    (kind, arg), = dist.items()
-    if kind in ("int", "float", "logfloat", "categorical"):
-        return list(arg)
-    if kind == "subset":
-        return [list(range(arg)), [arg - 1]]
-    return [[1.0 / arg] * arg]  # simplex
-
-
-Distribution = Annotated[
-    dict[str, Any],
-    PlainValidator(check_distribution),
-    WithJsonSchema({"type": "object", "minProperties": 1, "maxProperties": 1,
-                    "description": _DIST_HELP,
-                    "properties": {
-                        "int": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
-                        "float": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
-                        "logfloat": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0},
-                                     "minItems": 2, "maxItems": 2},
-                        "categorical": {"type": "array", "minItems": 1},
-                        "subset": {"type": "integer", "minimum": 1},
-                        "simplex": {"type": "integer", "minimum": 1}},
-                    "additionalProperties": False}),
-]
+Distribution = Annotated[dict[str, Any], PlainValidator(check_distribution), WithJsonSchema(SPACE_SCHEMA)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -967,6 +898,25 @@ def _check_search(study: Study, points: list[GridPoint]) -> None:
                                        has_value=False))
         if not allowed:
             issues.append(source.issue(("search", "where", path), "needs at least one value", allowed))
+    order = list(study.search.space)
+    for path, dist in study.search.space.items():
+        for cond in condition(dist):
+            if cond in study.search.space:
+                if order.index(cond) >= order.index(path):
+                    issues.append(source.issue(("search", "space", path, "when"), f"{cond!r} is searched "
+                                               f"after {path!r}: list the parameter a condition reads first",
+                                               has_value=False))
+                continue
+            try:
+                resolve_path(TrialConfig, split_path(cond), roots=SEARCH_ROOTS)
+            except ValueError as e:
+                issues.append(source.issue(("search", "space", path, "when"), f"{cond!r} is not a trial "
+                                           f"path: {e}", has_value=False))
+        if study.search.algorithm == "grid" and condition(dist):
+            issues.append(source.issue(("search", "space", path, "when"), "algorithm grid enumerates "
+                                       "every combination, so a condition cannot skip a parameter; use "
+                                       "optuna or random, or sweep the condition as a grid axis",
+                                       has_value=False))
     swept = [(axis, p) for axis, values in study.grid.items()
              for p in (sorted({q for b in values.values() for q in b}) if isinstance(values, dict) else [axis])]
     for path, segments in space.items():

@@ -236,7 +236,9 @@ def test_json_schema_export_documents_the_study_and_the_saved_copy_is_current():
     assert schema["required"] == ["name"] and schema["additionalProperties"] is False
     for key in ("dataset", "backbones", "grid", "search", "scheduler", "resources", "seeds"):
         assert key in schema["properties"]
-    assert "logfloat" in schema["$defs"]["SearchSpec"]["properties"]["space"]["additionalProperties"]["properties"]
+    dists = schema["$defs"]["SearchSpec"]["properties"]["space"]["additionalProperties"]["oneOf"]
+    assert [set(d["properties"]) for d in dists] == [{kind, "when"} for kind in (
+        "int", "float", "logfloat", "categorical", "subset", "simplex")]  # from platform.space's models
     saved = REPO / "studies" / "study.schema.json"
     assert json.loads(saved.read_text()) == schema, "stale: run `make schema`"
 
