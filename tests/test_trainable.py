@@ -189,10 +189,10 @@ def test_linear_probe_trains_only_the_head_on_cached_features(checkpoint, tmp_pa
 def test_posthoc_trial_reads_the_stage1_entry_and_reports_seed_mean_and_std(checkpoint, tmp_path, monkeypatch):
     T.run_trial(_config(checkpoint, tmp_path, finetune__epochs=1))  # ce, seed 3: now cached
     cfg = _config(checkpoint, tmp_path, finetune__epochs=1, method__name="posthoc_la")
-    cfg["seeds"] = [3, 4]
+    cfg["replicates"] = [{"finetune": 3}, {"finetune": 4}]
     rec = Recorder(tmp_path / "r")
     out = T.run_trial(cfg, rec)  # trains seed 4 only
-    assert len(rec.reports) == 1 and out["seeds"] == 2
+    assert len(rec.reports) == 1 and out["replicates"] == 2
     assert {"val/acc", "val/acc_std", "test/bal_acc", "test/bal_acc_std"} <= set(out)
     assert rec.reports[0][1] == ["artifacts"]
 
@@ -200,9 +200,9 @@ def test_posthoc_trial_reads_the_stage1_entry_and_reports_seed_mean_and_std(chec
         raise AssertionError("a cached stage-1 result was trained again")
 
     monkeypatch.setattr(T, "train_stage1", no_training)
-    cfg["seeds"] = [3]
+    cfg["replicates"] = [{"finetune": 3}]
     single = T.run_trial(cfg)
-    assert single["seeds"] == 1 and "val/acc_std" not in single
+    assert single["replicates"] == 1 and "val/acc_std" not in single
 
 
 def test_stage1_result_is_created_once_and_then_read_from_the_cache(checkpoint, tmp_path, monkeypatch):
@@ -240,7 +240,8 @@ def test_toy_world_trial_estimates_q_hat_on_val_and_reports_zero_shot_accuracy(t
 
 def test_backdoor_trial_reports_once_over_cached_strata(checkpoint, tmp_path):
     cfg = _config(checkpoint, tmp_path, finetune__epochs=1, method__name="backdoor")
-    cfg["backdoor"] = {"confounders": 2, "strata_source": "seeds", "stratum_method": {"name": "ce"}}
+    cfg["backdoor"] = {"confounders": 2, "strata_source": "seeds", "stratum_method": {"name": "ce"},
+                       "baselines": [{"name": "ce"}]}
     rec = Recorder(tmp_path / "r")
     out = T.run_trial(cfg, rec)
     assert len(rec.reports) == 1 and out["backdoor/M"] == 2 and "test/bal_acc" in out

@@ -188,7 +188,7 @@ def run_backdoor(cfg: TrialConfig, stage1: Callable, compute_metrics: Callable) 
         best = max(range(len(singles)), key=lambda k: singles[k][2]["val/acc"])  # first on ties
         for name in BASELINE_METRICS:
             metrics[f"baseline/best_single/{name}"] = singles[best][2][f"test/{name}"]
-            metrics[f"baseline/mean_single/{name}"] = float(np.nanmean([s[2][f"test/{name}"] for s in singles]))
+            metrics[f"baseline/mean_single/{name}"] = summarize([s[2][f"test/{name}"] for s in singles]).mean
         metrics["pool/prior_spearman"] = mean_pairwise_spearman([r.true_prior for r in results])
         per_rep.append(metrics)
         correct_bd.append((weighted.test_scores.argmax(1) == ref.test_labels).astype(np.float64))
