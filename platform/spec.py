@@ -592,6 +592,7 @@ def trial_problems(trial: dict) -> list[tuple[PathTuple, Any, str]]:
     if kinds.get(("method", "name")) == "ensemble":
         problems += _backdoor_problems(trial)
         problems += _weighting_problems(trial)
+        problems += _baseline_problems(trial, methods)
     root = trial["dataset"]["root"]
     if root and not Path(root).expanduser().is_dir():
         problems.append((("dataset", "root"), root, "no such folder: give the folder holding the "
@@ -600,6 +601,25 @@ def trial_problems(trial: dict) -> list[tuple[PathTuple, Any, str]]:
     if fault is not None and not re.fullmatch(r"(nan|crash)_at_epoch:\d+", fault):
         problems.append((("runtime", "fault"), fault, "must be nan_at_epoch:N or crash_at_epoch:N "
                                                       "(testing only; leave unset otherwise)"))
+    return problems
+
+
+def _baseline_problems(trial: dict, methods: list[str]) -> list[tuple[PathTuple, Any, str]]:
+    """backdoor.baselines: single-model methods (training, or post-hoc on a training base)."""
+    problems: list[tuple[PathTuple, Any, str]] = []
+    for i, m in enumerate(trial["backdoor"]["baselines"]):
+        path: PathTuple = ("backdoor", "baselines", i, "name")
+        if m["name"] not in methods:
+            problems.append((path, m["name"], f"unknown method{did_you_mean(m['name'], methods)} "
+                                              f"(known: {', '.join(methods)})"))
+            continue
+        kind = method_kind(m["name"])
+        if kind == "ensemble":
+            problems.append((path, m["name"], "a baseline is a single-model method (training or "
+                                              "post-hoc), not an ensemble"))
+        elif kind == "posthoc" and (m["base_method"] not in methods or method_kind(m["base_method"]) != "train"):
+            problems.append((("backdoor", "baselines", i, "base_method"), m["base_method"],
+                             "must be a training method (kind 'train') whose logits the post-hoc baseline corrects"))
     return problems
 
 

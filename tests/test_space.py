@@ -86,3 +86,31 @@ def test_a_condition_on_a_later_or_unknown_parameter_is_an_error():
             method.tau: {categorical: [1, 2], when: {method.name: [la]}}
         """)
     assert "algorithm grid enumerates every combination" in msg
+
+
+def test_backdoor_baselines_are_checked_against_the_method_registry():
+    msg = _error("""\
+        name: x
+        backbones: [{name: a}, {name: b}]
+        method: {name: backdoor}
+        backdoor: {confounders: 2, baselines: [{name: cee}, {name: backdoor}, {name: gla, base_method: gla}]}
+        """)
+    assert "backdoor.baselines.0.name" in msg and "did you mean 'ce'" in msg
+    assert "not an ensemble" in msg and "backdoor.baselines.2.base_method" in msg
+
+
+def test_an_unknown_weighting_rule_is_named_with_the_known_ones():
+    msg = _error("""\
+        name: x
+        backbones: [{name: a}, {name: b}]
+        method: {name: backdoor}
+        backdoor: {confounders: 2, weighting: bias_conditional}
+        """)
+    assert "backdoor.weighting" in msg and "known: fitted, reliability, searched, uniform" in msg
+    msg = _error("""\
+        name: x
+        backbones: [{name: a}, {name: b}]
+        method: {name: backdoor}
+        backdoor: {confounders: 2, weighting: reliability, aggregation: logit}
+        """)
+    assert "backdoor.aggregation" in msg and "logprob" in msg
