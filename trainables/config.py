@@ -94,7 +94,8 @@ class DatasetConfig(_Strict):
     imbalance_ratio: float = Field(100.0, ge=1.0, description="n_max / n_min of the training split")
     profile: Literal["exp", "step"] = "exp"
     num_classes: int | None = Field(None, ge=2)
-    val_per_class: int = Field(20, ge=1, description="balanced validation images per class")
+    val_per_class: int = Field(20, ge=0, description="validation images per class (CIFAR: at most the "
+                               "training images the long-tailed split leaves unused, none for its head class)")
     split_seed: int = Field(0, description="seed of the long-tailed subset and validation split")
     group_reference_ir: float | None = Field(
         None, ge=1.0, description="fix D-groups from the class counts of this imbalance ratio "
