@@ -23,8 +23,8 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _loss(name: str, logits: torch.Tensor, labels: torch.Tensor, epoch: int = 0, epochs: int = 10,
-          **cfg) -> float:
-    fn = get_method(name).make_loss(MethodConfig(name=name, **cfg), COUNTS, epochs, Q_HAT)
+          logit_scale: float = 1.0, **cfg) -> float:
+    fn = get_method(name).make_loss(MethodConfig(name=name, **cfg), COUNTS, epochs, Q_HAT, logit_scale)
     return float(fn(logits, labels, epoch))
 
 
@@ -95,7 +95,7 @@ def test_gla_train_adds_both_priors(batch):
 
 def test_ldam_margins_largest_for_the_rarest_class_and_drw_switches_on(batch):
     z, y = batch
-    cfg = dict(ldam_max_margin=0.5, ldam_scale=30.0, beta=0.999, drw_epoch_frac=0.8)
+    cfg = dict(ldam_max_margin=0.5, beta=0.999, drw_epoch_frac=0.8, logit_scale=30.0)
     m = (1 / COUNTS ** 0.25)
     m = m * 0.5 / m.max()
     assert m.argmax() == C - 1 and m.max() == pytest.approx(0.5)

@@ -40,7 +40,8 @@ def test_adaptformer_on_clip_vit_b16_trains_only_adapters_and_head():
     head = build_head("text", bb, len(NAMES), ft)
     trainable = {n for n, p in bb.encoder.named_parameters() if p.requires_grad}
     assert trainable and all(".mlp.adapter." in n for n in trainable)
-    assert count_trainable(bb.encoder) == count_trainable(adapters) == 12 * (768 * 1 + 1 + 1 * 768 + 768)
+    # per block: own LayerNorm (2 x 768), down 768 x 1 + 1, up 1 x 768 + 768, scale 1
+    assert count_trainable(bb.encoder) == count_trainable(adapters) == 12 * (2 * 768 + 768 + 1 + 768 + 768 + 1)
     features = bb.encoder(x)
     torch.testing.assert_close(features, before)  # up-projection starts at zero
     head(features).logsumexp(-1).mean().backward()

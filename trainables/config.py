@@ -141,7 +141,6 @@ class MethodConfig(_Strict):
     gamma: float = Field(1.0, ge=0, description="focal loss exponent")
     beta: float = Field(0.9999, ge=0, lt=1, description="class-balanced effective-number beta")
     ldam_max_margin: float = Field(0.5, gt=0)
-    ldam_scale: float = Field(30.0, gt=0)
     drw_epoch_frac: float = Field(0.8, ge=0, le=1, description="LDAM-DRW: re-weighting starts here")
     crt_epochs: int = Field(5, ge=1, description="cRT: epochs of class-balanced head retraining")
     base_method: str = Field("ce", description="post-hoc methods: the training method whose logits they correct")

@@ -186,7 +186,8 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
         model = Classifier(backbone.encoder, head)
     model.to(device)  # after PEFT: its new modules are created on the CPU
     saved_names = [n for n, p in model.named_parameters() if p.requires_grad]
-    loss_fn = method.make_loss(cfg.method, splits.train_counts, ft.epochs, q_hat)
+    logit_scale = ft.cosine_scale if ft.head in ("cosine", "text") else 1.0
+    loss_fn = method.make_loss(cfg.method, splits.train_counts, ft.epochs, q_hat, logit_scale)
 
     # Phases: the configured fine-tune, then for two-phase methods (cRT) class-balanced head retraining.
     two_phase = bool(getattr(method, "two_phase", False))

@@ -4,7 +4,8 @@ Interface
 ---------
 ``Method(name, kind, ...)`` with ``kind`` one of
 
-- ``"train"``: a training loss. ``method.make_loss(cfg, train_counts, epochs, q_hat) -> LossFn`` and
+- ``"train"``: a training loss. ``method.make_loss(cfg, train_counts, epochs, q_hat, logit_scale) -> LossFn``
+  (``logit_scale``: the scale the head's logits already carry, the cosine head's; LDAM's margins use it) and
   ``loss_fn(logits [B, C], labels [B], epoch) -> scalar tensor`` (``epoch`` counts from 0; only
   schedules such as LDAM-DRW use it). The loss is computed in float32 whatever the logits' dtype.
   ``two_phase=True`` (cRT) tells the loop to run stage A with this loss and then retrain the head on
@@ -45,7 +46,7 @@ class LossFn(Protocol):
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor: ...
 
 
-LossFactory = Callable[[MethodConfig, np.ndarray, int, "np.ndarray | None"], LossFn]
+LossFactory = Callable[[MethodConfig, np.ndarray, int, "np.ndarray | None", float], LossFn]
 AdjustFn = Callable[[torch.Tensor, MethodConfig, np.ndarray, "np.ndarray | None"], torch.Tensor]
 
 
@@ -63,13 +64,13 @@ class Method:
     doc: str = ""
 
     def make_loss(self, cfg: MethodConfig, train_counts: np.ndarray, epochs: int,
-                  q_hat: np.ndarray | None = None) -> LossFn:
+                  q_hat: np.ndarray | None = None, logit_scale: float = 1.0) -> LossFn:
         """The training loss of a ``train`` method."""
         if self.loss_factory is None:
             raise ValueError(f"method {self.name!r} is a {self.kind} method and has no training loss; "
                              f"train its base method ({cfg.base_method!r}) instead")
         self._check_prior(q_hat, len(train_counts))
-        return self.loss_factory(cfg, np.asarray(train_counts), epochs, q_hat)
+        return self.loss_factory(cfg, np.asarray(train_counts), epochs, q_hat, logit_scale)
 
     def adjust(self, logits: ArrayLike, cfg: MethodConfig, train_counts: np.ndarray,
                q_hat: np.ndarray | None = None) -> ArrayLike:
