@@ -644,6 +644,7 @@ def trial_problems(trial: dict) -> list[tuple[PathTuple, Any, str]]:
                              f"must be a training method (kind 'train'), not a {kinds[path]!r} one"))
     if kinds.get(("method", "name")) == "ensemble":
         problems += _backdoor_problems(trial)
+    problems += _class_name_problems(trial, kinds)
     root = trial["dataset"]["root"]
     if root and not Path(root).expanduser().is_dir():
         problems.append((("dataset", "root"), root, "no such folder: give the folder holding the "
@@ -653,6 +654,37 @@ def trial_problems(trial: dict) -> list[tuple[PathTuple, Any, str]]:
         problems.append((("runtime", "fault"), fault, "must be nan_at_epoch:N or crash_at_epoch:N "
                                                       "(testing only; leave unset otherwise)"))
     return problems
+
+
+def _class_name_problems(trial: dict, kinds: dict[PathTuple, str]) -> list[tuple[PathTuple, Any, str]]:
+    """Placeholder class names (class_<i>) where a text tower reads them: a text-initialised head,
+    or a method that needs zero-shot logits (q_hat), on an open_clip backbone."""
+    from trainables.config import DatasetConfig
+    from trainables.data.names import placeholder_names
+    from trainables.methods import METHODS
+
+    if not placeholder_names(DatasetConfig.model_validate(trial["dataset"])):
+        return []
+    ensemble = kinds.get(("method", "name")) == "ensemble"
+    models = trial["pool"] if ensemble else [trial["backbone"]]
+    if not any(b["family"] == "open_clip" for b in models):
+        return []
+    needs = []
+    if trial["finetune"]["head"] == "text":
+        needs.append("finetune.head 'text'")
+    names = [("method.name", trial["method"]["name"])]
+    if ensemble:
+        names.append(("backdoor.stratum_method.name", trial["backdoor"]["stratum_method"]["name"]))
+        if trial["backdoor"]["debias"] == "gla" or trial["backdoor"]["weighting"] == "bias_conditional":
+            needs.append("the backdoor's q_hat (debias gla / weighting bias_conditional)")
+    needs += [f"{field} {name!r} (zero-shot logits)" for field, name in names
+              if name in METHODS and getattr(METHODS.get(name), "needs_prior", False)]
+    if not needs:
+        return []
+    return [(("dataset", "classnames"), None,
+             f"{trial['dataset']['name']} would get placeholder class names class_0, class_1, ... and "
+             f"{', '.join(needs)} reads them through the text tower; set dataset.classnames to the "
+             "class-name file (one name per line, '<id> <name>' lines or iNaturalist's categories.json)")]
 
 
 def _backdoor_problems(trial: dict) -> list[tuple[PathTuple, Any, str]]:

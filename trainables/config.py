@@ -104,7 +104,10 @@ class DatasetConfig(_Strict):
     train_split: str | None = Field(None, description="txt formats: file of 'path label' lines")
     val_split: str | None = None
     test_split: str | None = None
-    classnames: str | None = Field(None, description="txt formats: file with one class name per line")
+    classnames: str | None = Field(
+        None, description="split-file data sets: class-name file (one name per line, LIFT's '<id> <name>' "
+                          "lines or iNaturalist's categories.json); None = the list shipped for "
+                          "imagenet_lt / places_lt / inat2018, placeholders class_<i> otherwise")
     limit_per_class: int | None = Field(None, ge=1, description="cap images per class (smoke runs)")
 
 
