@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray Tune storage: a shared path or an s3:// / gs:// URI (overrides storage)")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking URI (overrides tracking_uri)")
+    p.add_argument("--skip-data-check", action="store_true",
+                   help="preflight checks models, tags and checkpoints but not the data sets' files "
+                        "(plan a study on a machine without the data)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run of this study (same spec), reusing its runs")
     return p
@@ -151,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         study = load_study(args.study, args.overrides, _flags(args))
         plan = make_plan(study, args.study)
+        from platform.preflight import preflight  # imports open_clip / timm only for studies using them
+        preflight(plan, check_data=not args.skip_data_check)
         unfit = None
         if args.address is None:  # a local Ray: this machine is the whole cluster
             try:

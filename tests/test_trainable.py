@@ -244,3 +244,14 @@ def test_backdoor_trial_reports_once_over_cached_strata(checkpoint, tmp_path):
     rec = Recorder(tmp_path / "r")
     out = T.run_trial(cfg, rec)
     assert len(rec.reports) == 1 and out["backdoor/M"] == 2 and "test/bal_acc" in out
+
+
+def test_test_time_crops_change_the_test_logits_only(checkpoint, tmp_path):
+    base = T.train_stage1(TrialConfig.model_validate(_config(checkpoint, tmp_path, finetune__epochs=1)),
+                          write_cache=False)
+    crops = T.train_stage1(TrialConfig.model_validate(_config(checkpoint, tmp_path, finetune__epochs=1,
+                                                              finetune__test_crops=5, finetune__crop_expand=4)),
+                           write_cache=False)
+    np.testing.assert_array_equal(base.val_logits, crops.val_logits)  # same training, same val transform
+    assert crops.test_logits.shape == base.test_logits.shape
+    assert not np.allclose(base.test_logits, crops.test_logits)  # five crops of the enlarged image, averaged

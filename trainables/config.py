@@ -131,6 +131,14 @@ class FinetuneConfig(_Strict):
     prompt_templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."])
     cache_features: bool = Field(True, description="frozen-backbone methods train on cached features")
     augment: bool = True
+    eval_transform: Literal["center", "lift"] = Field(
+        "center", description="val/test images: center = Resize(res) + CenterCrop(res); lift = LIFT's "
+                              "Resize(res * 8 // 7) + CenterCrop(res)")
+    test_crops: Literal[1, 5, 10] = Field(
+        1, description="test-time crops whose logits are averaged (LIFT's test-time ensembling, the paper's "
+                       "test): 5 = FiveCrop, 10 = TenCrop of the image resized to res + crop_expand; test only")
+    crop_expand: int = Field(24, ge=0, description="test_crops > 1: pixels added to res before cropping "
+                                                   "(LIFT's 'expand', 24 for ViT-B/16)")
     num_workers: int = Field(0, ge=0)
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps (benchmarks, smoke runs)")
 

@@ -151,11 +151,14 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
     # trial's result does not depend on whether the model zoo was warm.
     seed_everything(derive_seed(cfg.seed, 0))
     backbone.encoder.to(device)
-    train_tf, eval_tf = make_transforms(backbone, ft.augment)
+    train_tf, eval_tf = make_transforms(backbone, ft.augment, ft.eval_transform)
+    test_tf = make_test_transform(backbone, ft)
+    split_tf = {"train": eval_tf, "val": eval_tf, "test": test_tf}  # what features are computed with
     images = {"train": splits.train.with_transform(train_tf), "val": splits.val.with_transform(eval_tf),
-              "test": splits.test.with_transform(eval_tf)}
+              "test": splits.test.with_transform(test_tf)}
     use_cache = ft.peft == "linear" and ft.cache_features
-    enc = lambda split: encode(backbone.encoder, splits_with(splits, split, eval_tf), ft.batch_size, device, ft.amp)
+    enc = lambda split: encode(backbone.encoder, splits_with(splits, split, split_tf[split]), ft.batch_size,
+                               device, ft.amp)
 
     # Zero-shot classifier: q_hat from the balanced val split (never test), zero-shot accuracies.
     features: dict[str, torch.Tensor] = {}
@@ -164,7 +167,7 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
         for split in ("val", "test"):
             features[split] = enc(split)
             labels = getattr(splits, split).labels
-            z = backbone.zero_shot_logits(features[split]).numpy()
+            z = mean_over_crops(backbone.zero_shot_logits(features[split])).numpy()
             zeroshot[f"zeroshot/{split}_acc"] = float((z.argmax(1) == labels).mean())
             if split == "val":
                 q_hat = estimate_prior(z, labels)
@@ -296,7 +299,8 @@ def head_retraining_phase(prev: Phase, images: dict[str, Dataset], splits: DataS
                 m.reset_parameters()
     head.requires_grad_(True)
     if ft.cache_features and not isinstance(model.encoder, nn.Identity):
-        eval_data = {s: splits_with(splits, s, images["val"].transform) for s in ("train", "val", "test")}
+        eval_data = {s: splits_with(splits, s, images["test" if s == "test" else "val"].transform)
+                     for s in ("train", "val", "test")}
         feats = {s: encode(model.encoder, ds, ft.batch_size, device, ft.amp) for s, ds in eval_data.items()}
         data = {s: TensorDataset(feats[s], torch.as_tensor(getattr(splits, s).labels)) for s in feats}
         phase_model: nn.Module = Classifier(nn.Identity(), head)
@@ -351,9 +355,23 @@ def predict(model: nn.Module, data: Dataset, batch_size: int, device: torch.devi
     out, labels = [], []
     for x, y in make_loader(data, batch_size, seed=0, balanced=False, num_workers=0, shuffle=False):
         with autocast(device, amp):
-            out.append(model(x.to(device)).float().cpu())
+            out.append(mean_over_crops(run_on_crops(model, x.to(device))).float().cpu())
         labels.append(y)
     return torch.cat(out).numpy(), torch.cat(labels).numpy().astype(np.int64)
+
+
+def run_on_crops(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module`` on images [B, 3, H, W], or on crops [B, n, 3, H, W] giving [B, n, ...]."""
+    if x.ndim == 5:
+        b, n = x.shape[:2]
+        out = module(x.flatten(0, 1))
+        return out.view(b, n, *out.shape[1:])
+    return module(x)
+
+
+def mean_over_crops(logits: torch.Tensor) -> torch.Tensor:
+    """Logits [B, C] as they are; [B, n, C] (one row per test-time crop) averaged over the crops (LIFT)."""
+    return logits.mean(dim=1) if logits.ndim == 3 else logits
 
 
 @torch.no_grad()
@@ -363,7 +381,7 @@ def encode(encoder: nn.Module, data: Dataset, batch_size: int, device: torch.dev
     feats = []
     for x, _ in make_loader(data, batch_size, seed=0, balanced=False, num_workers=0, shuffle=False):
         with autocast(device, amp):
-            feats.append(encoder(x.to(device)).float().cpu())
+            feats.append(run_on_crops(encoder, x.to(device)).float().cpu())  # [B, n, D] for crops
     return torch.cat(feats)
 
 
@@ -522,21 +540,47 @@ def splits_with(splits: DataSplits, split: str, transform) -> Dataset:
     return getattr(splits, split).with_transform(transform)
 
 
-def make_transforms(backbone: Backbone, augment: bool) -> tuple[Callable, Callable]:
+def make_transforms(backbone: Backbone, augment: bool, eval_transform: str = "center") -> tuple[Callable, Callable]:
     """(train, eval) per-image transforms: uint8 [3, H, W] -> uint8 [3, size, size].
 
-    Scaling to [0, 1] and normalising happen on the whole batch, in the model (``InputNorm``), so a
-    worker moves uint8 to the device and an image already at the right size costs nothing.
+    Train: RandomResizedCrop(size) + horizontal flip (LIFT's), or the eval transform without
+    ``augment``. Eval: ``center`` = Resize(size) + CenterCrop(size) (an image already at size x size
+    passes unchanged); ``lift`` = LIFT's Resize(size * 8 // 7) + CenterCrop(size) (shijxcs/LIFT
+    trainer.py, the test transform without test-time ensembling). Scaling to [0, 1] and normalising
+    happen on the whole batch, in the model (``InputNorm``), so a worker moves uint8 to the device.
     """
     size = backbone.image_size
-    fit = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+    if eval_transform == "lift":
+        eval_tf: Callable = v2.Compose([v2.Resize(size * 8 // 7, antialias=True), v2.CenterCrop(size)])
+    elif eval_transform == "center":
+        fit = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
 
-    def eval_tf(img: torch.Tensor) -> torch.Tensor:
-        return img if tuple(img.shape[-2:]) == (size, size) else fit(img)
-
+        def eval_tf(img: torch.Tensor) -> torch.Tensor:
+            return img if tuple(img.shape[-2:]) == (size, size) else fit(img)
+    else:
+        raise ValueError(f"finetune.eval_transform {eval_transform!r} is unknown; use center or lift")
     if not augment:
         return eval_tf, eval_tf
     return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]), eval_tf
+
+
+class TestCrops:
+    """LIFT's test-time ensembling input: Resize(size + expand), then FiveCrop or TenCrop(size),
+    stacked to uint8 [n, 3, size, size] (shijxcs/LIFT trainer.py, tte_mode fivecrop / tencrop)."""
+
+    def __init__(self, size: int, crops: int, expand: int) -> None:
+        self.resize = v2.Resize(size + expand, antialias=True)
+        self.crop = v2.FiveCrop(size) if crops == 5 else v2.TenCrop(size)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return torch.stack(list(self.crop(self.resize(img))))
+
+
+def make_test_transform(backbone: Backbone, ft) -> Callable:
+    """The test split's transform: the eval transform, or ``TestCrops`` when finetune.test_crops > 1."""
+    if ft.test_crops == 1:
+        return make_transforms(backbone, False, ft.eval_transform)[1]
+    return TestCrops(backbone.image_size, ft.test_crops, ft.crop_expand)
 
 
 class InputNorm(nn.Module):
