@@ -110,7 +110,7 @@ def estimate_prior(logits: ArrayLike, labels: ArrayLike, num_iters: int = 500, l
     if not present.any():
         raise ValueError("no labelled example to estimate the prior from (empty split)")
     if not present.all():
-        keep = torch.flatnonzero(present)
+        keep = torch.nonzero(present).flatten()
         remap = torch.full((C,), -1, dtype=torch.int64)
         remap[keep] = torch.arange(len(keep))
         q_sub = estimate_prior(z[:, keep], remap[y], num_iters, lr, calibrate_temperature)

@@ -39,7 +39,7 @@ from trainables.metrics import compute_metrics
 from trainables.methods import get_method
 from trainables.methods.backdoor import check_not_double_corrected, mean_and_std, run_backdoor
 from trainables.peft import apply_peft, count_trainable
-from trainables.prior import estimate_prior
+from trainables.prior import estimate_prior, gla_temperature
 from trainables.stages import stage1_config
 
 log = logging.getLogger(__name__)
@@ -161,16 +161,18 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
                                device, ft.amp)
 
     # Zero-shot classifier: q_hat from the balanced val split (never test), zero-shot accuracies.
+    # GLA: calibrate the zero-shot logits (temperature T), estimate q_hat from z / T; the raw
+    # zero-shot logits go into the stage-1 cache for GLA's inference (z_ft + z_zs / T - log q_hat ...).
     features: dict[str, torch.Tensor] = {}
-    q_hat, zeroshot = None, {}
+    q_hat, zeroshot, zs_logits, zs_temperature = None, {}, {}, None
     if backbone.zero_shot_weight is not None:
         for split in ("val", "test"):
             features[split] = enc(split)
             labels = getattr(splits, split).labels
-            z = mean_over_crops(backbone.zero_shot_logits(features[split])).numpy()
+            zs_logits[split] = z = mean_over_crops(backbone.zero_shot_logits(features[split])).numpy()
             zeroshot[f"zeroshot/{split}_acc"] = float((z.argmax(1) == labels).mean())
-            if split == "val":
-                q_hat = estimate_prior(z, labels)
+        zs_temperature = zero_shot_temperature(zs_logits["val"], splits.val.labels)
+        q_hat = estimate_prior(zs_logits["val"] / zs_temperature, splits.val.labels)
     if getattr(method, "needs_prior", False) and q_hat is None:
         raise ValueError(f"method {cfg.method.name!r} needs the pre-training prior q_hat, but backbone "
                          f"{cfg.backbone.display()!r} has no zero-shot classifier to estimate it from")
@@ -249,7 +251,9 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
         val_logits=val_logits, val_labels=val_labels, test_logits=test_logits, test_labels=test_labels,
         train_counts=np.asarray(splits.train_counts), group_counts=np.asarray(splits.group_counts),
         group_rule=splits.group_rule, class_names=list(splits.class_names), q_hat=q_hat,
-        history=history, metrics=dict(metrics), config=cfg.model_dump(mode="json"))
+        history=history, metrics=dict(metrics), config=cfg.model_dump(mode="json"),
+        zeroshot_val_logits=zs_logits.get("val"), zeroshot_test_logits=zs_logits.get("test"),
+        zeroshot_temperature=zs_temperature)
     if write_cache:
         Stage1Cache(rt.cache_dir).put(stage1_key(cfg), result)
 
@@ -260,6 +264,16 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
 
     report(reporter, metrics, final_checkpoint)
     return result
+
+
+def zero_shot_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """GLA's temperature of the zero-shot logits on val; 1 (with a warning in the log) when its search
+    cannot reach the accuracy (zero-shot accuracy at or below chance, or an empty split)."""
+    try:
+        return gla_temperature(logits, labels)
+    except ValueError as e:
+        log.warning("zero-shot logits left uncalibrated (T = 1): %s", e)
+        return 1.0
 
 
 @dataclass
@@ -417,13 +431,22 @@ def run_posthoc(cfg: TrialConfig, reporter: Reporter | None = None) -> dict:
         if getattr(method, "needs_prior", False) and r.q_hat is None:
             raise ValueError(f"method {cfg.method.name!r} needs q_hat, but backbone {cfg.backbone.display()!r} "
                              f"has no zero-shot classifier; use posthoc_la")
-        adjusted = {s: np.asarray(method.adjust(getattr(r, f"{s}_logits"), cfg.method, r.train_counts, r.q_hat),
-                                  dtype=np.float32) for s in ("val", "test")}
+        adjusted = {s: np.asarray(method.adjust(getattr(r, f"{s}_logits"), cfg.method, r.train_counts, r.q_hat,
+                                                calibrated_zero_shot(r, s)), dtype=np.float32)
+                    for s in ("val", "test")}
         per_seed.append({**compute_metrics(adjusted["val"], r.val_labels, r.group_counts, r.q_hat, split="val"),
                          **compute_metrics(adjusted["test"], r.test_labels, r.group_counts, r.q_hat, split="test")})
         if first is None:
             first = Stage1Result(**{**r.__dict__, "val_logits": adjusted["val"], "test_logits": adjusted["test"]})
     return report_stage2(reporter, cfg, mean_and_std(per_seed), first)
+
+
+def calibrated_zero_shot(r: Stage1Result, split: str) -> np.ndarray | None:
+    """The cached zero-shot logits of ``split`` divided by GLA's temperature, or None."""
+    z = getattr(r, f"zeroshot_{split}_logits")
+    if z is None:
+        return None
+    return z / (r.zeroshot_temperature or 1.0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,9 +12,10 @@ Interface
   frozen features with class-balanced sampling for ``cfg.crt_epochs`` epochs, with the same loss.
   Methods: ce, focal, cb, ldam_drw, bs, la, gla_train, crt (``losses.py``).
 - ``"posthoc"``: a correction of a trained model's logits.
-  ``method.adjust(logits, cfg, train_counts, q_hat) -> logits`` (numpy in, numpy out; torch in,
-  torch out). The logits come from a stage-1 run of ``cfg.base_method``.
-  Methods: posthoc_la, gla (``posthoc.py``).
+  ``method.adjust(logits, cfg, train_counts, q_hat, zeroshot) -> logits`` (numpy in, numpy out; torch
+  in, torch out). The logits come from a stage-1 run of ``cfg.base_method``; ``zeroshot`` are the
+  backbone's calibrated zero-shot logits of the same examples (z_zs / T, from the stage-1 cache),
+  which ``needs_zeroshot`` methods (gla) add. Methods: posthoc_la, posthoc_prior, gla (``posthoc.py``).
 - ``"ensemble"``: combines several stage-1 runs (``backdoor``, registered by
   ``trainables/methods/backdoor.py``, which this package imports when the file exists). Its
   interface is that module's own; ``make_loss`` / ``adjust`` are not used.
@@ -47,7 +48,8 @@ class LossFn(Protocol):
 
 
 LossFactory = Callable[[MethodConfig, np.ndarray, int, "np.ndarray | None", float], LossFn]
-AdjustFn = Callable[[torch.Tensor, MethodConfig, np.ndarray, "np.ndarray | None"], torch.Tensor]
+AdjustFn = Callable[[torch.Tensor, MethodConfig, np.ndarray, "np.ndarray | None", "torch.Tensor | None"],
+                    torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Method:
     adjust_fn: AdjustFn | None = None
     two_phase: bool = False
     needs_prior: bool = False
+    needs_zeroshot: bool = False
     params: tuple[str, ...] = ()  # the MethodConfig fields this method reads (all that enter a cache key)
     doc: str = ""
 
@@ -73,14 +76,21 @@ class Method:
         return self.loss_factory(cfg, np.asarray(train_counts), epochs, q_hat, logit_scale)
 
     def adjust(self, logits: ArrayLike, cfg: MethodConfig, train_counts: np.ndarray,
-               q_hat: np.ndarray | None = None) -> ArrayLike:
+               q_hat: np.ndarray | None = None, zeroshot: ArrayLike | None = None) -> ArrayLike:
         """The corrected logits of a ``posthoc`` method (same type as ``logits``)."""
         if self.adjust_fn is None:
             raise ValueError(f"method {self.name!r} is a {self.kind} method and has no post-hoc adjustment")
         self._check_prior(q_hat, len(train_counts))
-        if isinstance(logits, torch.Tensor):
-            return self.adjust_fn(logits, cfg, np.asarray(train_counts), q_hat)
-        return self.adjust_fn(torch.as_tensor(np.asarray(logits)), cfg, np.asarray(train_counts), q_hat).numpy()
+        if self.needs_zeroshot and (zeroshot is None or tuple(np.shape(zeroshot)) != tuple(np.shape(logits))):
+            raise ValueError(f"method {self.name!r} adds the backbone's zero-shot logits of the same examples "
+                             f"(shape {tuple(np.shape(logits))}); got "
+                             f"{None if zeroshot is None else tuple(np.shape(zeroshot))}. The stage-1 cache "
+                             f"entry has none when the backbone has no zero-shot classifier; use posthoc_la")
+        z = logits if isinstance(logits, torch.Tensor) else torch.as_tensor(np.asarray(logits))
+        zs = None if zeroshot is None else torch.as_tensor(np.asarray(zeroshot) if not isinstance(
+            zeroshot, torch.Tensor) else zeroshot).to(z.device, z.dtype)
+        out = self.adjust_fn(z, cfg, np.asarray(train_counts), q_hat, zs)
+        return out if isinstance(logits, torch.Tensor) else out.numpy()
 
     def _check_prior(self, q_hat: np.ndarray | None, num_classes: int) -> None:
         if not self.needs_prior:
