@@ -236,6 +236,19 @@ def test_toy_world_trial_estimates_q_hat_on_val_and_reports_zero_shot_accuracy(t
     assert not math.isnan(out["test/p_many"])  # P-groups exist: q_hat was estimated
     entry = Stage1Cache(str(tmp_path / "cache")).get(stage1_key(TrialConfig.model_validate(cfg)))
     assert entry.q_hat.shape == (6,) and entry.q_hat.sum() == pytest.approx(1.0)
+    # GLA's inputs are cached: zero-shot logits of val and test, the temperature q_hat was fitted at
+    assert entry.zeroshot_val_logits.shape == entry.val_logits.shape
+    assert entry.zeroshot_test_logits.shape == entry.test_logits.shape
+    assert entry.zeroshot_temperature > 0
+    expected = T.estimate_prior(entry.zeroshot_val_logits / entry.zeroshot_temperature, entry.val_labels)
+    np.testing.assert_allclose(entry.q_hat, expected, rtol=1e-6)
+    # a gla trial adds the calibrated zero-shot logits to its base model's fine-tuned logits
+    out = T.run_trial({**cfg, "method": {"name": "gla", "base_method": "ce"}})
+    ce_cfg = TrialConfig.model_validate({**cfg, "method": {"name": "ce"}})
+    ce = Stage1Cache(str(tmp_path / "cache")).get(stage1_key(ce_cfg))
+    z = (ce.test_logits + ce.zeroshot_test_logits / ce.zeroshot_temperature - np.log(ce.q_hat)
+         - np.log(ce.train_counts / ce.train_counts.sum()))
+    assert out["test/acc"] == pytest.approx(float((z.argmax(1) == ce.test_labels).mean()))
 
 
 def test_backdoor_trial_reports_once_over_cached_strata(checkpoint, tmp_path):
