@@ -139,6 +139,10 @@ def format_outcome(outcome: StudyOutcome, plan: Plan) -> str:
     lines = [_table(header, rows), "",
              f"trials: {outcome.total_trials}, failed beyond retries: {outcome.failed_trials}; "
              f"study run {outcome.study_run_id}"]
+    if plan.study.published:
+        from platform.published import compare, format_comparison
+        methods = {c.id: c.base_config["method"]["name"] for c in plan.cells}
+        lines += ["", format_comparison(compare(plan.study.published, outcome.rows, methods))]
     lines += ["", "browse the results:", "  python -m platform.ui"]
     uri = outcome.tracking_uri or plan.tracking_uri
     if uri.startswith(("http://", "https://")):

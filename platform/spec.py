@@ -196,6 +196,28 @@ class SchedulerSpec(_Spec):
         return "asha" if self.asha is not None else "fifo"
 
 
+class Published(_Spec):
+    """A published number the report shows beside ours (LIFT's, the paper's), for the cells it
+    belongs to: those whose method is ``method`` and whose grid values match ``where``."""
+
+    source: str = Field(description="who published it and where, e.g. 'LIFT (ICML 2024), Table 1'")
+    method: str = Field(description="our method it compares with (a cell's method.name)")
+    where: dict[str, Any] = Field(default_factory=dict, description="grid axis -> value of the cells "
+                                                                    "it belongs to, e.g. {backbone_index: 0}")
+    metric: str = Field("test/acc", description="the metric (a fraction: 0.783 is 78.3 %)")
+    value: float | None = Field(None, description="the published value of metric")
+    min_gain: float | None = Field(None, description="instead of value: the claimed gain of method over "
+                                                     "the best single-model cell with the same where")
+    approximate: bool = Field(False, description="the number is read off a figure or quoted as 'about'")
+
+    @model_validator(mode="after")
+    def _one_number(self) -> "Published":
+        if (self.value is None) == (self.min_gain is None):
+            raise ValueError("give exactly one of value (a published number) and min_gain (a claimed "
+                             "gain over the best single model)")
+        return self
+
+
 class Resources(_Spec):
     """What one trial holds (fractions share a device)."""
 
@@ -245,6 +267,8 @@ class Study(TrialSections):
     storage: str | None = Field(None, description="Ray Tune storage (path or URI); default "
                                                   "<repo>/outputs/ray_results")
     max_failures: int = Field(2, ge=0, description="retries of a failing trial")
+    published: list[Published] = Field(
+        default_factory=list, description="published numbers (LIFT, the paper) shown beside ours")
 
     _source: "Source | None" = PrivateAttr(default=None)
 
@@ -279,8 +303,9 @@ class Study(TrialSections):
 
     def spec_hash(self) -> str:
         """sha256 of the resolved spec JSON, without where/how fast it runs (storage,
-        tracking_uri, max_concurrent), so a study moved to a cluster keeps its identity."""
-        data = self.model_dump(mode="json", exclude=set(_LOCATION_FIELDS))
+        tracking_uri, max_concurrent) and the published numbers it is compared with, so a study
+        moved to a cluster keeps its identity."""
+        data = self.model_dump(mode="json", exclude=set(_LOCATION_FIELDS) | {"published"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def to_yaml(self) -> str:
@@ -1021,7 +1046,25 @@ def parse_study(text: str, file: str = "<study>", overrides: Sequence[str] = (),
         raise SpecError(pydantic_issues(err, Study, source), file) from None
     study._source = source
     _check_search(study, expand_grid(study))
+    _check_published(study)
     return study
+
+
+def _check_published(study: Study) -> None:
+    """Every published entry names a method and grid values some cell has."""
+    source = study.source or Source(file="<study>")
+    issues: list[Issue] = []
+    for i, entry in enumerate(study.published):
+        methods = set(study.grid.get("method.name", [study.method.name]))
+        if entry.method not in methods:
+            issues.append(source.issue(("published", i, "method"), "no cell runs this method (cells run "
+                                       f"{', '.join(map(str, sorted(methods)))})", entry.method))
+        for axis, value in entry.where.items():
+            if axis not in study.grid or value not in study.grid[axis]:
+                issues.append(source.issue(("published", i, "where", axis), "must be a grid axis and one of "
+                                           "its values, so that the number has cells to stand beside", value))
+    if issues:
+        raise SpecError(issues, source.file)
 
 
 def load_study(path: str | Path, overrides: Sequence[str] = (),
@@ -1039,7 +1082,7 @@ def load_study(path: str | Path, overrides: Sequence[str] = (),
 
 
 __all__ = ["AshaSpec", "DISTRIBUTIONS", "Distribution", "FifoSpec", "GRID_ROOTS", "GridPoint",
-           "Resources", "SEARCH_ROOTS", "SchedulerSpec", "SearchSpec", "Source", "Study",
+           "Published", "Resources", "SEARCH_ROOTS", "SchedulerSpec", "SearchSpec", "Source", "Study",
            "TrialSections", "cell_ids", "cell_label", "check_distribution", "expand_grid",
            "get_path", "join_path", "load_study", "method_kind", "parse_override", "parse_study",
            "representative_values", "resolve_path", "searched", "set_path", "split_path",
