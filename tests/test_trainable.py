@@ -268,3 +268,17 @@ def test_test_time_crops_change_the_test_logits_only(checkpoint, tmp_path):
     np.testing.assert_array_equal(base.val_logits, crops.val_logits)  # same training, same val transform
     assert crops.test_logits.shape == base.test_logits.shape
     assert not np.allclose(base.test_logits, crops.test_logits)  # five crops of the enlarged image, averaged
+
+
+def test_configuration_errors_inside_a_trial_are_configuration_errors(tmp_path):
+    from trainables.errors import ConfigurationError
+    missing = {"dataset": {"name": "cifar100_lt", "root": str(tmp_path / "nowhere")},
+               "runtime": {"cache_dir": str(tmp_path / "cache")}, "method": {"name": "ce"}}
+    with pytest.raises(ConfigurationError, match="cifar-100-python"):
+        T.run_trial(missing)
+    names = {"dataset": {"name": "txt_split", "root": str(tmp_path)}, "method": {"name": "ce"},
+             "backbone": {"family": "open_clip", "name": "ViT-B-16"}, "finetune": {"head": "text"},
+             "runtime": {"cache_dir": str(tmp_path / "cache")}}
+    with pytest.raises(ConfigurationError, match="dataset.classnames"):
+        T.run_trial(names)
+    assert issubclass(ConfigurationError, ValueError)

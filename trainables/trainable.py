@@ -34,6 +34,8 @@ from trainables.backbones.base import Backbone
 from trainables.cache import Stage1Cache, Stage1Result, stage1_key
 from trainables.config import BackboneConfig, MethodConfig, TrialConfig
 from trainables.data import DataSplits, build_splits
+from trainables.data.names import placeholder_names
+from trainables.errors import ConfigurationError
 from trainables.heads import build_head
 from trainables.metrics import compute_metrics
 from trainables.methods import get_method
@@ -142,11 +144,15 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
     fault = parse_fault(rt.fault)
     seed_everything(cfg.seed)
 
-    # Data and backbone.
-    splits = build_splits(cfg.dataset, rt)
-    C = splits.num_classes
-    backbone = with_input_norm(build_backbone(cfg.backbone, rt, splits.class_names, ft.prompt_templates,
-                                              cfg.dataset.world))
+    # Data and backbone: a missing file or an unknown model is a configuration error (not retried).
+    check_class_names(cfg)
+    try:
+        splits = build_splits(cfg.dataset, rt)
+        C = splits.num_classes
+        backbone = with_input_norm(build_backbone(cfg.backbone, rt, splits.class_names, ft.prompt_templates,
+                                                  cfg.dataset.world))
+    except FileNotFoundError as e:
+        raise ConfigurationError(str(e)) from e
     # Building may pre-train a toy model in this process and use up random numbers: re-seed so a
     # trial's result does not depend on whether the model zoo was warm.
     seed_everything(derive_seed(cfg.seed, 0))
@@ -264,6 +270,18 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
 
     report(reporter, metrics, final_checkpoint)
     return result
+
+
+def check_class_names(cfg: TrialConfig) -> None:
+    """ConfigurationError when placeholder class names would reach an open_clip text tower (the
+    dry-run reports the same; this guards trials started another way)."""
+    method = get_method(cfg.method.name)
+    if (cfg.backbone.family == "open_clip" and placeholder_names(cfg.dataset)
+            and (cfg.finetune.head == "text" or getattr(method, "needs_prior", False))):
+        raise ConfigurationError(
+            f"dataset.classnames: {cfg.dataset.name} has no class names (placeholders class_0, class_1, ...) "
+            f"and finetune.head={cfg.finetune.head!r} / method {cfg.method.name!r} reads them through the "
+            "text tower; set dataset.classnames to the class-name file")
 
 
 def zero_shot_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

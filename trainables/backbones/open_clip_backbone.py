@@ -9,6 +9,7 @@ from torch import nn
 from trainables.backbones import BACKBONES, resolve_checkpoint
 from trainables.backbones.base import Backbone
 from trainables.config import BackboneConfig, RuntimeConfig
+from trainables.errors import ConfigurationError
 
 _TEXT_BATCH = 256  # prompts encoded at once; bounds memory for 1000+ classes x templates
 
@@ -21,6 +22,13 @@ def build_open_clip(cfg: BackboneConfig, runtime: RuntimeConfig, class_names: li
     if checkpoint is not None and cfg.pretrained is not None:
         raise ValueError(f"backbone {cfg.name!r} sets both pretrained={cfg.pretrained!r} and "
                          f"checkpoint={cfg.checkpoint!r}; keep one")
+    if cfg.name not in open_clip.list_models():
+        raise ConfigurationError(f"backbone.name {cfg.name!r}: open_clip has no model of this name "
+                                 f"(open_clip.list_models() lists them)")
+    if checkpoint is None and cfg.pretrained is not None and cfg.pretrained.lower() not in [
+            t.lower() for t in open_clip.list_pretrained_tags_by_model(cfg.name)]:
+        raise ConfigurationError(f"backbone.pretrained {cfg.pretrained!r}: open_clip has no such tag for "
+                                 f"{cfg.name!r} (its tags: {', '.join(open_clip.list_pretrained_tags_by_model(cfg.name))})")
     model = open_clip.create_model(cfg.name, pretrained=checkpoint or cfg.pretrained, **cfg.model_kwargs)
     model.eval()
     zero_shot = text_classifier(model, open_clip.get_tokenizer(cfg.name), class_names, prompt_templates)
