@@ -48,3 +48,29 @@ def test_compare_puts_published_beside_ours_and_computes_the_claimed_gain():
     assert items[1]["best_single"] == "c2" and items[1]["gain"] == pytest.approx(0.03)
     text = format_comparison(items)
     assert "LIFT: test/acc 78.3; ours 70.0 ± 1.0" in text and "at least +1.5" in text and "gain over c2 +3.0" in text
+
+
+def test_report_rows_select_on_val_per_cell_and_feed_the_comparison(tmp_path):
+    import math
+    import statistics
+
+    import pandas as pd
+
+    from platform.report import published_rows
+    from plans import plan_from_text
+
+    plan = plan_from_text("storage: {tmp}/runs\ntracking_uri: sqlite:///{tmp}/m.db\n"
+                          + STUDY.replace("{", "{{").replace("}", "}}"), tmp_path)
+    ids = {c.label: c.id for c in plan.cells}
+    la0 = ids["backbone_index=0 method.name=la"]
+    trials = pd.DataFrame([
+        # two seeds of la on backbone 0, and a stage-1 prerequisite row the report leaves out
+        {"cell": la0, "optuna_trial": math.nan, "status": "FINISHED", "seed": 0, "val/acc": 0.70, "test/acc": 0.68},
+        {"cell": la0, "optuna_trial": math.nan, "status": "FINISHED", "seed": 1, "val/acc": 0.72, "test/acc": 0.72},
+        {"cell": "stage1", "optuna_trial": math.nan, "status": "FINISHED", "seed": 0, "val/acc": 0.9, "test/acc": 0.9},
+    ])
+    rows = published_rows(plan, trials, "val/acc", "max", {"test/acc"})
+    assert [r["cell"] for r in rows] == [la0]
+    assert rows[0]["test/acc"] == pytest.approx(0.70) and rows[0]["test/acc_std"] == pytest.approx(statistics.stdev([0.68, 0.72]))
+    items = compare(parse_study(STUDY).published, rows, {c.id: c.base_config["method"]["name"] for c in plan.cells})
+    assert items[0]["ours"] == pytest.approx(0.70) and items[0]["published"] == 0.783
