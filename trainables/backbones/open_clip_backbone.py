@@ -33,11 +33,17 @@ def build_open_clip(cfg: BackboneConfig, runtime: RuntimeConfig, class_names: li
     model.eval()
     zero_shot = text_classifier(model, open_clip.get_tokenizer(cfg.name), class_names, prompt_templates)
     visual = model.visual
+    # LIFT's image features: the pooled token after ln_post, before the image projection (its
+    # Peft_ViT skips ``x @ proj``); zero-shot logits apply the projection (Backbone.zero_shot_logits).
+    projection = None
+    if getattr(visual, "proj", None) is not None:
+        projection = visual.proj.detach().clone()
+        visual.proj = None
     pre = open_clip.get_model_preprocess_cfg(model)
     size = pre["size"]
     return Backbone(
         encoder=visual,
-        feature_dim=int(visual.output_dim),
+        feature_dim=int(projection.shape[0]) if projection is not None else int(visual.output_dim),
         image_size=int(size if isinstance(size, int) else size[0]),
         mean=tuple(float(v) for v in pre["mean"]),
         std=tuple(float(v) for v in pre["std"]),
@@ -46,6 +52,7 @@ def build_open_clip(cfg: BackboneConfig, runtime: RuntimeConfig, class_names: li
         zero_shot_weight=zero_shot,
         zero_shot_normalize=True,
         zero_shot_scale=float(model.logit_scale.detach().exp()),
+        zero_shot_projection=projection,
         meta={"family": "open_clip", "name": cfg.name, "weights": checkpoint or cfg.pretrained or "random"},
     )
 
