@@ -282,3 +282,8 @@ def test_configuration_errors_inside_a_trial_are_configuration_errors(tmp_path):
     with pytest.raises(ConfigurationError, match="dataset.classnames"):
         T.run_trial(names)
     assert issubclass(ConfigurationError, ValueError)
+    no_val = {"dataset": {"name": "toy_lt", "val_per_class": 0, "world": {"num_classes": 4, "n_max": 20}},
+              "backbone": {"family": "toy", "pretrain": {"corpus_size": 200, "epochs": 1, "width": 16, "depth": 1}},
+              "method": {"name": "ce"}, "runtime": {"cache_dir": str(tmp_path / "c"), "zoo_dir": str(tmp_path / "z")}}
+    with pytest.raises(ConfigurationError, match="val_per_class=0"):
+        T.run_trial(no_val)

@@ -148,7 +148,15 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
     check_class_names(cfg)
     try:
         splits = build_splits(cfg.dataset, rt)
-        C = splits.num_classes
+    except FileNotFoundError as e:
+        raise ConfigurationError(str(e)) from e
+    if len(splits.val) == 0:
+        raise ConfigurationError(
+            f"dataset.val_per_class={cfg.dataset.val_per_class}: {cfg.dataset.name} has no validation "
+            "image, and a trial selects, stops early and estimates q_hat on validation; set "
+            "dataset.val_per_class >= 1 (CIFAR-LT's train split stays the benchmark's either way)")
+    C = splits.num_classes
+    try:
         backbone = with_input_norm(build_backbone(cfg.backbone, rt, splits.class_names, ft.prompt_templates,
                                                   cfg.dataset.world))
     except FileNotFoundError as e:
