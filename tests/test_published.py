@@ -74,3 +74,17 @@ def test_report_rows_select_on_val_per_cell_and_feed_the_comparison(tmp_path):
     assert rows[0]["test/acc"] == pytest.approx(0.70) and rows[0]["test/acc_std"] == pytest.approx(statistics.stdev([0.68, 0.72]))
     items = compare(parse_study(STUDY).published, rows, {c.id: c.base_config["method"]["name"] for c in plan.cells})
     assert items[0]["ours"] == pytest.approx(0.70) and items[0]["published"] == 0.783
+
+
+def test_the_run_results_print_published_beside_ours(tmp_path):
+    from platform.plan import StudyOutcome
+    from platform.run import format_outcome
+    from plans import plan_from_text
+
+    plan = plan_from_text("storage: {tmp}/runs\ntracking_uri: sqlite:///{tmp}/m.db\n"
+                          + STUDY.replace("{", "{{").replace("}", "}}"), tmp_path)
+    rows = [{"cell": c.id, "label": c.label, "kind": c.kind, "values": dict(c.values), "best_config": {},
+             "metric": 0.7, "test/acc": 0.70 + 0.01 * i} for i, c in enumerate(plan.cells)]
+    text = format_outcome(StudyOutcome(rows, 0, len(rows), "run", "sqlite:///x"), plan)
+    la0 = next(c.id for c in plan.cells if c.label == "backbone_index=0 method.name=la")
+    assert f"{la0} backbone_index=0 method.name=la: LIFT: test/acc 78.3; ours 70.0" in text
