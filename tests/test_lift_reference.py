@@ -183,3 +183,52 @@ def test_ldam_scale_is_the_heads_scale_and_ldam_scale_is_gone():
     b = get_method("ldam_drw").make_loss(MethodConfig(name="ldam_drw"), counts, 10, None, logit_scale=30.0)
     # effective maximum margin = scale * max_margin on the logit scale: 25 * m vs 30 * m
     assert a(logits, y, 0).item() < b(logits, y, 0).item()
+
+
+def _lift_peft_vit_forward(visual, adaptformers, x: torch.Tensor) -> torch.Tensor:
+    """Port of LIFT models/peft_vit.py ``Peft_ViT.forward`` for a CLIP ViT (lines 286-293 and
+    457-458): embeddings, ln_pre, the blocks, then ln_post of the class token, without ``proj``."""
+    x = visual.conv1(x)
+    x = x.reshape(x.shape[0], x.shape[1], -1)
+    x = x.permute(0, 2, 1)
+    x = torch.cat([visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
+    x = x + visual.positional_embedding.to(x.dtype)
+    x = visual.ln_pre(x)
+    for block, adaptformer in zip(visual.transformer.resblocks, adaptformers):
+        x = _lift_clip_block(block, adaptformer, x)
+    x = x[:, 0, :]
+    return visual.ln_post(x)
+
+
+def test_open_clip_encoder_with_adaptformer_equals_lifts_peft_vit_and_text_head_init():
+    import copy
+
+    from tiny_models import TINY_CLIP
+    from trainables.backbones import build_backbone
+    from trainables.config import BackboneConfig, RuntimeConfig
+    from trainables.heads import build_head
+
+    torch.manual_seed(0)
+    names = ["dog", "cat", "sea lion"]
+    bb = build_backbone(BackboneConfig(family="open_clip", name="ViT-B-16", model_kwargs=TINY_CLIP),
+                        RuntimeConfig(), names)
+    reference = copy.deepcopy(bb.encoder)  # the frozen image tower before PEFT, proj removed
+    adapters = apply_peft(bb, "adaptformer", len(names), FinetuneConfig(adapter_dim=4))
+    lift_adapters = []
+    for i, a in enumerate(adapters):
+        _randomise(a, 10 + i)
+        la = _LiftAdaptFormer(32, 4)
+        la.load_state_dict(a.state_dict())
+        lift_adapters.append(la)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours = bb.encoder(x)
+        ref = _lift_peft_vit_forward(reference, lift_adapters, x)
+    assert ours.shape == (2, 32) and (ours - ref).abs().max().item() < 1e-5
+    # LIFT's init_head_text_feat (trainer.py lines 313-353): text features @ proj.t(), normalised,
+    # into a CosineClassifier of scale 25
+    head = build_head("text", bb, len(names), FinetuneConfig(head="text", cosine_scale=25.0))
+    text = F.normalize(bb.zero_shot_weight, dim=-1)  # one template: the normalised text features
+    lift_weight = F.normalize(text @ bb.zero_shot_projection.t(), dim=-1)
+    with torch.no_grad():
+        torch.testing.assert_close(head(ours), _lift_cosine_classifier(lift_weight, ours, 25.0), rtol=0, atol=1e-5)
