@@ -146,7 +146,8 @@ def test_adaptformer_in_an_open_clip_block_equals_lifts_block():
     x = torch.randn(2, 7, WIDTH)
     with torch.no_grad():
         ours, ref = block(x), _lift_clip_block(reference_block, lift_adapter, x)
-    assert (ours - ref).abs().max().item() < 1e-5  # attention kernels differ in the last bits only
+    # float32 attention kernels differ in the last bits only (largest difference seen: 7.6e-6)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=2e-5)
     # the branch matters: without it the outputs differ by far more than the tolerance
     with torch.no_grad():
         assert (reference_block(x) - ours).abs().max().item() > 1e-2
