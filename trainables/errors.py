@@ -1,17 +1,42 @@
-"""Errors a trial raises that the platform treats specially.
+"""Failures of a trial that happen again on every retry, so retrying them only wastes time.
 
-``ConfigurationError``: the trial's configuration cannot work (a missing file, a model name its
-library does not know, placeholder class names where names matter). Retrying cannot help, so the
-platform does not retry it: the study stops with exit status 2 and the message.
-``NonFiniteLoss``: the training loss became NaN or infinite.
+``ConfigurationError``: the trial's configuration cannot run (a method that needs a prior the
+backbone lacks, a frozen model, an invalid field). ``NonFiniteLossError``: the training loss
+became NaN or infinite, which a retry from the last checkpoint reproduces bit for bit.
+
+The driver's trial wrapper (``platform.execute.without_meta``) reports ``FATAL_KEY`` (the error's ``Type: message``) just before it raises one
+of these; the driver then sets the trial's retry budget to what it has used, so Tune records the
+failure once instead of retrying it ``max_failures`` times. Any other error is retried.
 """
 
 from __future__ import annotations
 
+FATAL_KEY = "ltbias/fatal"
+"""Result key of the last report of a trial that failed deterministically (value: the reason)."""
+
 
 class ConfigurationError(ValueError):
-    """A trial configuration that cannot run; the message names the field and the fix."""
+    """The trial configuration cannot run; the message names the field and the fix."""
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+DETERMINISTIC = (ConfigurationError, NonFiniteLossError)
+"""Error types a retry reproduces: never retried."""
+
+
+def is_deterministic(exc: BaseException) -> bool:
+    """True for an error that a retry of the same trial would raise again."""
+    return isinstance(exc, DETERMINISTIC)
+
+
+def reason(exc: BaseException) -> str:
+    """``Type: first line of the message``."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}".strip()
+
+
+__all__ = ["ConfigurationError", "DETERMINISTIC", "FATAL_KEY", "NonFiniteLossError",
+           "is_deterministic", "reason"]

@@ -34,8 +34,7 @@ from trainables.backbones.base import Backbone
 from trainables.cache import Stage1Cache, Stage1Result, stage1_key
 from trainables.config import BackboneConfig, MethodConfig, TrialConfig
 from trainables.data import DataSplits, build_splits
-from trainables.data.names import placeholder_names
-from trainables.errors import ConfigurationError
+from trainables.errors import ConfigurationError, NonFiniteLossError
 from trainables.heads import build_head
 from trainables.metrics import compute_metrics
 from trainables.methods import get_method
@@ -58,10 +57,6 @@ class Reporter(Protocol):
 
     def restore_dir(self) -> str | None:
         """The checkpoint directory to resume from, or None to start fresh."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 class SimulatedCrash(RuntimeError):
@@ -283,6 +278,8 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
 def check_class_names(cfg: TrialConfig) -> None:
     """ConfigurationError when placeholder class names would reach an open_clip text tower (the
     dry-run reports the same; this guards trials started another way)."""
+    from trainables.data.names import placeholder_names
+
     method = get_method(cfg.method.name)
     if (cfg.backbone.family == "open_clip" and placeholder_names(cfg.dataset)
             and (cfg.finetune.head == "text" or getattr(method, "needs_prior", False))):
