@@ -114,12 +114,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     ui_url = args.mlflow_url or DEFAULT_UI_URL
     html = build_report(data, objective=objective, mode=mode, metric=args.metric, ui_url=ui_url,
                         optuna_storage=args.optuna_storage or target.optuna_storage)
+    if args.study_file:
+        html = _with_published(html, args.study_file, data, objective, mode)
     out = write_report(html, args.out or paths.outputs_dir() / "reports" / f"{data.study}.html")
     print(f"report: {out.resolve()}")
     if not args.no_log:
         print(f"logged to the study run as {log_report(data, out)}")
     print(f"study run in the MLflow UI: {run_url(ui_url, data.experiment_id, data.study_run_id)}")
     return EXIT_OK
+
+
+def published_rows(plan, trials, objective: str, mode: str, metrics: set[str]) -> list[dict]:
+    """``select_rows``-like rows (one per grid cell: the configuration selected on ``objective``,
+    seed mean and spread of ``metrics``) from the report's trial table."""
+    from dashboards.summary import select, usable
+
+    cells = {c.id: c for c in plan.cells}
+    rows = []
+    for sel in select(usable(trials, objective), ["cell"], objective, mode):
+        cell = cells.get(sel.key[0] if isinstance(sel.key, tuple) else sel.key)
+        if cell is None:  # stage-1 prerequisites
+            continue
+        row = {"cell": cell.id, "label": cell.label, "kind": cell.kind, "values": dict(cell.values)}
+        for metric in metrics:
+            stat = sel.stat(metric, scale=1.0)
+            row[metric], row[f"{metric}_std"] = stat.mean, stat.std
+        rows.append(row)
+    return rows
+
+
+def _with_published(html: str, study_file: str, data, objective: str, mode: str) -> str:
+    """The report with a 'published vs ours' section when the study lists published numbers
+    (also printed)."""
+    import html as html_lib
+
+    from platform.plan import make_plan
+    from platform.published import compare, format_comparison
+
+    spec = load_study_spec(study_file)
+    if not spec.published:
+        return html
+    plan = make_plan(spec, study_file)
+    rows = published_rows(plan, data.trials, objective, mode, {p.metric for p in spec.published})
+    text = format_comparison(compare(spec.published, rows, {c.id: c.base_config["method"]["name"]
+                                                            for c in plan.cells}))
+    print(text)
+    section = (f'<section id="published"><h2>Published vs ours</h2><pre>{html_lib.escape(text)}</pre></section>\n')
+    return html.replace("</main>", section + "</main>", 1) if "</main>" in html else html + section
 
 
 if __name__ == "__main__":

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray Tune storage: a shared path or an s3:// / gs:// URI (overrides storage)")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking URI (overrides tracking_uri)")
+    p.add_argument("--skip-data-check", action="store_true",
+                   help="preflight checks models, tags and checkpoints but not the data sets' files "
+                        "(plan a study on a machine without the data)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run of this study (same spec), reusing its runs")
     return p
@@ -192,6 +195,10 @@ def format_outcome(outcome: StudyOutcome, plan: Plan) -> str:
                            f"{_number(r['prior/spearman'])} ± {_number(r.get('prior/spearman' + STD_SUFFIX))}",
                            f"{_number(r['prior/tv'])} ± {_number(r.get('prior/tv' + STD_SUFFIX))}"]
                           for r in outcome.prior_rows])]
+    if plan.study.published:
+        from platform.published import compare, format_comparison
+        methods = {c.id: c.base_config["method"]["name"] for c in plan.cells}
+        lines += ["", format_comparison(compare(plan.study.published, outcome.rows, methods))]
     lines += ["", f"trials: {outcome.total_trials}, failed beyond retries: {outcome.failed_trials}; "
                   f"study run {outcome.study_run_id}"]
     lines += ["", "browse the results:", "  python -m platform.ui"]
@@ -209,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         study = load_study(args.study, args.overrides, _flags(args))
         plan = make_plan(study, args.study)
+        from platform.preflight import preflight  # imports open_clip / timm only for studies using them
+        preflight(plan, check_data=not args.skip_data_check)
         unfit = None
         if args.address is None:  # a local Ray: this machine is the whole cluster
             try:

@@ -127,6 +127,28 @@ class SchedulerSpec(_Spec):
         return "asha" if self.asha is not None else "fifo"
 
 
+class Published(_Spec):
+    """A published number the report shows beside ours (LIFT's, the paper's), for the cells it
+    belongs to: those whose method is ``method`` and whose grid values match ``where``."""
+
+    source: str = Field(description="who published it and where, e.g. 'LIFT (ICML 2024), Table 1'")
+    method: str = Field(description="our method it compares with (a cell's method.name)")
+    where: dict[str, Any] = Field(default_factory=dict, description="grid axis -> value of the cells "
+                                                                    "it belongs to, e.g. {backbone_index: 0}")
+    metric: str = Field("test/acc", description="the metric (a fraction: 0.783 is 78.3 %)")
+    value: float | None = Field(None, description="the published value of metric")
+    min_gain: float | None = Field(None, description="instead of value: the claimed gain of method over "
+                                                     "the best single-model cell with the same where")
+    approximate: bool = Field(False, description="the number is read off a figure or quoted as 'about'")
+
+    @model_validator(mode="after")
+    def _one_number(self) -> "Published":
+        if (self.value is None) == (self.min_gain is None):
+            raise ValueError("give exactly one of value (a published number) and min_gain (a claimed "
+                             "gain over the best single model)")
+        return self
+
+
 class Resources(_Spec):
     """What one trial holds (fractions share a device)."""
 
@@ -181,6 +203,8 @@ class Study(TrialSections):
     storage: str | None = Field(None, description="Ray Tune storage (path or URI); default "
                                                   "<repo>/outputs/ray_results")
     max_failures: int = Field(2, ge=0, description="retries of a failing trial")
+    published: list[Published] = Field(
+        default_factory=list, description="published numbers (LIFT, the paper) shown beside ours")
 
     _source: "Source | None" = PrivateAttr(default=None)
 
@@ -226,8 +250,9 @@ class Study(TrialSections):
 
     def spec_hash(self) -> str:
         """sha256 of the resolved spec JSON, without where/how fast it runs (storage,
-        tracking_uri, max_concurrent), so a study moved to a cluster keeps its identity."""
-        data = self.model_dump(mode="json", exclude=set(_LOCATION_FIELDS))
+        tracking_uri, max_concurrent) and the published numbers it is compared with, so a study
+        moved to a cluster keeps its identity."""
+        data = self.model_dump(mode="json", exclude=set(_LOCATION_FIELDS) | {"published"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def to_yaml(self) -> str:
@@ -593,6 +618,7 @@ def trial_problems(trial: dict) -> list[tuple[PathTuple, Any, str]]:
         problems += _backdoor_problems(trial)
         problems += _weighting_problems(trial)
         problems += _baseline_problems(trial, methods)
+    problems += _class_name_problems(trial, kinds)
     root = trial["dataset"]["root"]
     if root and not Path(root).expanduser().is_dir():
         problems.append((("dataset", "root"), root, "no such folder: give the folder holding the "
@@ -637,6 +663,37 @@ def _weighting_problems(trial: dict) -> list[tuple[PathTuple, Any, str]]:
     except ValueError as e:
         return [(("backdoor", "aggregation"), space, str(e))]
     return []
+
+
+def _class_name_problems(trial: dict, kinds: dict[PathTuple, str]) -> list[tuple[PathTuple, Any, str]]:
+    """Placeholder class names (class_<i>) where a text tower reads them: a text-initialised head,
+    or a method that needs zero-shot logits (q_hat), on an open_clip backbone."""
+    from trainables.config import DatasetConfig
+    from trainables.data.names import placeholder_names
+    from trainables.methods import METHODS
+
+    if not placeholder_names(DatasetConfig.model_validate(trial["dataset"])):
+        return []
+    ensemble = kinds.get(("method", "name")) == "ensemble"
+    models = trial["pool"] if ensemble else [trial["backbone"]]
+    if not any(b["family"] == "open_clip" for b in models):
+        return []
+    needs = []
+    if trial["finetune"]["head"] == "text":
+        needs.append("finetune.head 'text'")
+    names = [("method.name", trial["method"]["name"])]
+    if ensemble:
+        names.append(("backdoor.stratum_method.name", trial["backdoor"]["stratum_method"]["name"]))
+        if trial["backdoor"]["debias"] == "gla":
+            needs.append("the backdoor's q_hat (debias gla)")
+    needs += [f"{field} {name!r} (zero-shot logits)" for field, name in names
+              if name in METHODS and getattr(METHODS.get(name), "needs_prior", False)]
+    if not needs:
+        return []
+    return [(("dataset", "classnames"), None,
+             f"{trial['dataset']['name']} would get placeholder class names class_0, class_1, ... and "
+             f"{', '.join(needs)} reads them through the text tower; set dataset.classnames to the "
+             "class-name file (one name per line, '<id> <name>' lines or iNaturalist's categories.json)")]
 
 
 def _backdoor_problems(trial: dict) -> list[tuple[PathTuple, Any, str]]:
@@ -1017,7 +1074,25 @@ def parse_study(text: str, file: str = "<study>", overrides: Sequence[str] = (),
         raise SpecError(pydantic_issues(err, Study, source), file) from None
     study._source = source
     _check_search(study, expand_grid(study))
+    _check_published(study)
     return study
+
+
+def _check_published(study: Study) -> None:
+    """Every published entry names a method and grid values some cell has."""
+    source = study.source or Source(file="<study>")
+    issues: list[Issue] = []
+    for i, entry in enumerate(study.published):
+        methods = set(study.grid.get("method.name", [study.method.name]))
+        if entry.method not in methods:
+            issues.append(source.issue(("published", i, "method"), "no cell runs this method (cells run "
+                                       f"{', '.join(map(str, sorted(methods)))})", entry.method))
+        for axis, value in entry.where.items():
+            if axis not in study.grid or value not in study.grid[axis]:
+                issues.append(source.issue(("published", i, "where", axis), "must be a grid axis and one of "
+                                           "its values, so that the number has cells to stand beside", value))
+    if issues:
+        raise SpecError(issues, source.file)
 
 
 def load_study(path: str | Path, overrides: Sequence[str] = (),
@@ -1035,7 +1110,7 @@ def load_study(path: str | Path, overrides: Sequence[str] = (),
 
 
 __all__ = ["AshaSpec", "DISTRIBUTIONS", "Distribution", "FifoSpec", "GRID_ROOTS", "GridPoint",
-           "Resources", "SEARCH_ROOTS", "SchedulerSpec", "SearchSpec", "Source", "Study",
+           "Published", "Resources", "SEARCH_ROOTS", "SchedulerSpec", "SearchSpec", "Source", "Study",
            "TrialSections", "cell_ids", "cell_label", "check_distribution", "expand_grid",
            "get_path", "join_path", "load_study", "method_kind", "parse_override", "parse_study",
            "representative_values", "resolve_path", "searched", "set_path", "split_path",

@@ -1,7 +1,8 @@
 """The content-addressed stage-1 cache: val/test logits of one fine-tune, keyed by what determines them.
 
 Layout: ``<cache_dir>/stage1/<key[:2]>/<key>/`` with ``logits.parquet`` (split, index, label,
-logits list<float32>) and ``meta.json``. Entries are written to a temporary directory and renamed
+logits list<float32>; splits val, test and, for a backbone with a zero-shot classifier, zeroshot_val
+and zeroshot_test, its logits before fine-tuning) and ``meta.json``. Entries are written to a temporary directory and renamed
 into place, so a reader never sees half an entry; a file lock per key makes racing trials compute once.
 """
 
@@ -46,6 +47,11 @@ class Stage1Result:
     history: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    # The backbone's zero-shot logits of the same examples (before fine-tuning) and GLA's temperature
+    # T (``trainables.prior.gla_temperature``); None for a backbone without a zero-shot classifier.
+    zeroshot_val_logits: np.ndarray | None = None
+    zeroshot_test_logits: np.ndarray | None = None
+    zeroshot_temperature: float | None = None
 
 
 def stage1_key(cfg: TrialConfig) -> str:
@@ -115,8 +121,11 @@ class Stage1Cache:
 def write_entry(path: str, r: Stage1Result) -> None:
     """Write ``r`` as logits.parquet + meta.json into directory ``path``."""
     os.makedirs(path, exist_ok=True)
-    pq.write_table(logits_table({"val": (r.val_logits, r.val_labels), "test": (r.test_logits, r.test_labels)}),
-                   os.path.join(path, "logits.parquet"))
+    splits = {"val": (r.val_logits, r.val_labels), "test": (r.test_logits, r.test_labels)}
+    if r.zeroshot_val_logits is not None and r.zeroshot_test_logits is not None:
+        splits.update({"zeroshot_val": (r.zeroshot_val_logits, r.val_labels),
+                       "zeroshot_test": (r.zeroshot_test_logits, r.test_labels)})
+    pq.write_table(logits_table(splits), os.path.join(path, "logits.parquet"))
     meta = {
         "train_counts": np.asarray(r.train_counts).tolist(),
         "group_counts": np.asarray(r.group_counts).tolist(),
@@ -127,6 +136,7 @@ def write_entry(path: str, r: Stage1Result) -> None:
         "history": [_json_safe(h) for h in r.history],
         "metrics": _json_safe(r.metrics),
         "config": r.config,
+        "zeroshot_temperature": r.zeroshot_temperature,
     }
     with open(os.path.join(path, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1, allow_nan=False)
@@ -137,7 +147,8 @@ def read_entry(path: str) -> Stage1Result:
     with open(os.path.join(path, "meta.json")) as f:
         meta = json.load(f)
     table = pq.read_table(os.path.join(path, "logits.parquet"))
-    arrays = {split: _split_arrays(table, split) for split in ("val", "test")}
+    arrays = {split: _split_arrays(table, split) for split in ("val", "test", "zeroshot_val", "zeroshot_test")}
+    has_zeroshot = len(arrays["zeroshot_val"][1]) > 0
     return Stage1Result(
         val_logits=arrays["val"][0], val_labels=arrays["val"][1],
         test_logits=arrays["test"][0], test_labels=arrays["test"][1],
@@ -148,6 +159,9 @@ def read_entry(path: str) -> Stage1Result:
         true_prior=None if meta.get("true_prior") is None else np.asarray(meta["true_prior"], dtype=np.float64),
         history=[_json_restore(h) for h in meta["history"]], metrics=_json_restore(meta["metrics"]),
         config=meta["config"],
+        zeroshot_val_logits=arrays["zeroshot_val"][0] if has_zeroshot else None,
+        zeroshot_test_logits=arrays["zeroshot_test"][0] if has_zeroshot else None,
+        zeroshot_temperature=meta.get("zeroshot_temperature"),
     )
 
 
@@ -174,6 +188,8 @@ def logits_table(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> pa.Table:
 def _split_arrays(table: pa.Table, split: str) -> tuple[np.ndarray, np.ndarray]:
     sub = table.filter(pc.equal(table["split"], split)).sort_by("index")
     labels = sub["label"].to_numpy().astype(np.int64)
+    if not len(labels):  # e.g. no zeroshot_* rows: a backbone without a zero-shot classifier
+        return np.zeros((0, 0), np.float32), labels
     values = sub["logits"].combine_chunks().flatten().to_numpy().astype(np.float32)
     return values.reshape(len(labels), -1), labels
 

@@ -111,7 +111,8 @@ class DatasetConfig(_Strict):
     imbalance_ratio: float = Field(100.0, ge=1.0, description="n_max / n_min of the training split")
     profile: Literal["exp", "step"] = "exp"
     num_classes: int | None = Field(None, ge=2)
-    val_per_class: int = Field(20, ge=1, description="balanced validation images per class")
+    val_per_class: int = Field(20, ge=0, description="validation images per class (CIFAR: at most the "
+                               "training images the long-tailed split leaves unused, none for its head class)")
     split_seed: int = Field(0, description="seed of the long-tailed subset and validation split")
     group_reference_ir: float | None = Field(
         None, ge=1.0, description="fix D-groups from the class counts of this imbalance ratio "
@@ -120,7 +121,10 @@ class DatasetConfig(_Strict):
     train_split: str | None = Field(None, description="txt formats: file of 'path label' lines")
     val_split: str | None = None
     test_split: str | None = None
-    classnames: str | None = Field(None, description="txt formats: file with one class name per line")
+    classnames: str | None = Field(
+        None, description="split-file data sets: class-name file (one name per line, LIFT's '<id> <name>' "
+                          "lines or iNaturalist's categories.json); None = the list shipped for "
+                          "imagenet_lt / places_lt / inat2018, placeholders class_<i> otherwise")
     limit_per_class: int | None = Field(None, ge=1, description="cap images per class (smoke runs)")
 
 
@@ -144,6 +148,14 @@ class FinetuneConfig(_Strict):
     prompt_templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."])
     cache_features: bool = Field(True, description="frozen-backbone methods train on cached features")
     augment: bool = True
+    eval_transform: Literal["center", "lift"] = Field(
+        "center", description="val/test images: center = Resize(res) + CenterCrop(res); lift = LIFT's "
+                              "Resize(res * 8 // 7) + CenterCrop(res)")
+    test_crops: Literal[1, 5, 10] = Field(
+        1, description="test-time crops whose logits are averaged (LIFT's test-time ensembling, the paper's "
+                       "test): 5 = FiveCrop, 10 = TenCrop of the image resized to res + crop_expand; test only")
+    crop_expand: int = Field(24, ge=0, description="test_crops > 1: pixels added to res before cropping "
+                                                   "(LIFT's 'expand', 24 for ViT-B/16)")
     num_workers: int = Field(0, ge=0)
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps (benchmarks, smoke runs)")
 
@@ -157,7 +169,6 @@ class MethodConfig(_Strict):
     gamma: float = Field(1.0, ge=0, description="focal loss exponent")
     beta: float = Field(0.9999, ge=0, lt=1, description="class-balanced effective-number beta")
     ldam_max_margin: float = Field(0.5, gt=0)
-    ldam_scale: float = Field(30.0, gt=0)
     drw_epoch_frac: float = Field(0.8, ge=0, le=1, description="LDAM-DRW: re-weighting starts here")
     crt_epochs: int = Field(5, ge=1, description="cRT: epochs of class-balanced head retraining")
     base_method: str = Field("ce", description="post-hoc methods: the training method whose logits they correct")
