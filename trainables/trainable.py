@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import numpy as np
+from pydantic import ValidationError
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset, WeightedRandomSampler
@@ -34,6 +35,7 @@ from trainables.backbones.base import Backbone
 from trainables.cache import Stage1Cache, Stage1Result, stage1_key
 from trainables.config import BackboneConfig, MethodConfig, TrialConfig
 from trainables.data import DataSplits, build_splits
+from trainables.errors import ConfigurationError, NonFiniteLossError
 from trainables.heads import build_head
 from trainables.metrics import compute_metrics
 from trainables.methods import get_method
@@ -58,10 +60,6 @@ class Reporter(Protocol):
         """The checkpoint directory to resume from, or None to start fresh."""
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
 class SimulatedCrash(RuntimeError):
     """runtime.fault = crash_at_epoch:N (fault-tolerance tests)."""
 
@@ -72,7 +70,10 @@ class SimulatedCrash(RuntimeError):
 
 def run_trial(config: dict, reporter: Reporter | None = None) -> dict:
     """Validate ``config`` (a TrialConfig dict), run the trial, return its final metrics."""
-    cfg = TrialConfig.model_validate(config)
+    try:
+        cfg = TrialConfig.model_validate(config)
+    except ValidationError as exc:  # the same config fails the same way on every retry
+        raise ConfigurationError(f"invalid trial config: {exc}") from None
     if cfg.runtime.num_threads:
         torch.set_num_threads(cfg.runtime.num_threads)
     method = get_method(cfg.method.name)
@@ -83,7 +84,7 @@ def run_trial(config: dict, reporter: Reporter | None = None) -> dict:
     if method.kind == "ensemble":
         metrics, adjusted = run_backdoor(cfg, lambda bb, m, seed: stage1_result(cfg, bb, m, seed), compute_metrics)
         return report_stage2(reporter, cfg, metrics, adjusted)
-    raise ValueError(f"method {cfg.method.name!r} has kind {method.kind!r}; expected train, posthoc or ensemble")
+    raise ConfigurationError(f"method {cfg.method.name!r} has kind {method.kind!r}; expected train, posthoc or ensemble")
 
 
 def tune_trainable(config: dict) -> None:
@@ -169,7 +170,7 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
             if split == "val":
                 q_hat = estimate_prior(z, labels)
     if getattr(method, "needs_prior", False) and q_hat is None:
-        raise ValueError(f"method {cfg.method.name!r} needs the pre-training prior q_hat, but backbone "
+        raise ConfigurationError(f"method {cfg.method.name!r} needs the pre-training prior q_hat, but backbone "
                          f"{cfg.backbone.display()!r} has no zero-shot classifier to estimate it from")
 
     # Model: PEFT inside the encoder, head on top; a frozen encoder trains on cached features.
@@ -396,7 +397,7 @@ def run_posthoc(cfg: TrialConfig, reporter: Reporter | None = None) -> dict:
     for seed in cfg.seeds:
         r = stage1_result(cfg, cfg.backbone, base, seed)
         if getattr(method, "needs_prior", False) and r.q_hat is None:
-            raise ValueError(f"method {cfg.method.name!r} needs q_hat, but backbone {cfg.backbone.display()!r} "
+            raise ConfigurationError(f"method {cfg.method.name!r} needs q_hat, but backbone {cfg.backbone.display()!r} "
                              f"has no zero-shot classifier; use posthoc_la")
         adjusted = {s: np.asarray(method.adjust(getattr(r, f"{s}_logits"), cfg.method, r.train_counts, r.q_hat),
                                   dtype=np.float32) for s in ("val", "test")}
@@ -465,7 +466,7 @@ def make_optimizer(phase: Phase, ft) -> tuple[torch.optim.Optimizer, torch.optim
     """SGD(momentum) or AdamW over the phase's trainable parameters, with warm-up + cosine per step."""
     params = [p for p in phase.model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("nothing to train: every parameter is frozen (check finetune.peft and finetune.head)")
+        raise ConfigurationError("nothing to train: every parameter is frozen (check finetune.peft and finetune.head)")
     if ft.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay)
     else:
@@ -577,7 +578,7 @@ def parse_fault(fault: str | None) -> dict[str, int]:
     kind, _, n = fault.partition(":")
     names = {"nan_at_epoch": "nan", "crash_at_epoch": "crash"}
     if kind not in names or not n.isdigit():
-        raise ValueError(f"runtime.fault {fault!r} is not understood; use nan_at_epoch:N or crash_at_epoch:N")
+        raise ConfigurationError(f"runtime.fault {fault!r} is not understood; use nan_at_epoch:N or crash_at_epoch:N")
     return {names[kind]: int(n)}
 
 
