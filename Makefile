@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m platform.run studies/ablate_confounder.yaml --resume
+	$(PY) -m platform.run studies/ablate_confounder.yaml --resume-if-any
 	$(PY) -m platform.report studies/ablate_confounder.yaml
 
 test: $(STAMP)
