@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from platform.execute import CellASHAScheduler, read_execution, run_study, select_rows
+from platform.errors import EnvironmentFailure
 from platform.paths import REPO_ROOT
 from platform.plan import make_plan
 from platform.progress import ProgressCallback
@@ -202,7 +203,7 @@ def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
     plan = _plan(tmp_path)
     plan.tracking_uri = "http://127.0.0.1:9"
     was_running = ray.is_initialized()
-    with pytest.raises(ValueError, match="127.0.0.1:9"):
+    with pytest.raises(EnvironmentFailure, match="127.0.0.1:9"):
         run_study(plan, _args())
     assert ray.is_initialized() == was_running  # failed before attaching to Ray
     assert not (tmp_path / "storage" / plan.study.name).exists()
