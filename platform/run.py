@@ -173,8 +173,8 @@ def format_outcome(outcome: StudyOutcome, plan: Plan) -> str:
     lines = [_table(header, rows), "",
              f"trials: {outcome.total_trials}, failed beyond retries: {outcome.failed_trials}; "
              f"study run {outcome.study_run_id}"]
-    lines += ["", "browse the results:", "  python -m platform.ui"]
     uri = outcome.tracking_uri or plan.tracking_uri
+    lines += ["", "browse the results:", f"  python -m platform.ui --tracking-uri {shlex.quote(uri)}"]
     if uri.startswith(("http://", "https://")):
         lines.append(f"  open {uri}")
     else:
