@@ -377,6 +377,9 @@ def run_study(plan: Any, args: Any, *, trainable: Callable[[dict], None] | None 
     tracking_uri = plan.tracking_uri or getattr(args, "tracking_uri", None) or paths.default_tracking_uri()
     check_tracking_uri(tracking_uri)
     check_storage(storage)
+    address = getattr(args, "address", None) or os.environ.get("RAY_ADDRESS")
+    if address and address != "local" and not ray.is_initialized():
+        check_address(address)  # before anything is written: a cluster that is not there
     lock = DriverLock(storage, name).acquire()  # one driver per study and storage, until we return
     try:
         return _run_locked(plan, args, name, storage, tracking_uri, trainable, progress_interval_s)
