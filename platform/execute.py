@@ -13,7 +13,9 @@ import json
 import math
 import os
 import secrets
+import signal
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -179,6 +181,7 @@ def init_ray(address: str | None) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     remote = bool(address and address != "local")
+    on_term = signal.getsignal(signal.SIGTERM)
     try:
         if remote:
             check_address(address)
@@ -199,6 +202,10 @@ def init_ray(address: str | None) -> bool:
         raise EnvironmentFailure(f"could not start or join {where}: {type(exc).__name__}: {first}"
                                  "; check that the cluster is up (ray status) and its Ray and "
                                  "Python versions match this one") from exc
+    if callable(on_term) and threading.current_thread() is threading.main_thread():
+        # ray.init installs a native SIGTERM handler that aborts the process; the driver's own
+        # (platform.run: stop like Ctrl-C) must stay in charge.
+        signal.signal(signal.SIGTERM, on_term)
     if not remote:
         # Ray has no public accessor of the session folder; every Ray process names it.
         node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
