@@ -37,12 +37,18 @@ _TRANSIENT_TEXT = ("database is locked", "database table is locked", "busy", "ti
 def transient(exc: BaseException) -> bool:
     """True for an error that a later attempt can cure: a locked or busy database, a dropped
     connection, a gateway error. Programming and validation errors are not transient."""
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    text = f"{type(exc).__name__}: {exc}".lower()
-    if "operationalerror" in text or "mlflowexception" in text or "restexception" in text \
-            or "sqlalchemy" in type(exc).__module__:
-        return any(t in text for t in _TRANSIENT_TEXT)
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:  # the error and what it wraps
+        seen.add(id(exc))
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return True
+        text = f"{type(exc).__name__}: {exc}".lower()
+        module = type(exc).__module__
+        if ("operationalerror" in text or "mlflowexception" in text or "restexception" in text
+                or module.startswith(("sqlalchemy", "optuna", "sqlite3", "requests", "urllib3"))) \
+                and any(t in text for t in _TRANSIENT_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
     return False
 
 
