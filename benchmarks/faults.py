@@ -227,7 +227,7 @@ def second_driver(work: Path) -> Row:
                f"the first), first exit {rc1}; {details}", lost, dup)
 
 
-def store_locked(work: Path, which: str, seconds: float = 20.0) -> Row:
+def store_locked(work: Path, which: str, seconds: float = 45.0) -> Row:
     study = Study(work, f"{which}-locked")
     proc = study.start()
     study.wait("a trial past epoch 2", lambda: any(r[-1].get("epoch", 0) >= 2 for r in study.results().values()), proc)
