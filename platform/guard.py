@@ -156,7 +156,8 @@ def reap(driver: int, session: str, interval_s: float = 1.0) -> None:
     while _alive(driver):
         known |= descendants(driver)
         time.sleep(interval_s)
-    victims = {p for p in known | (_with_session(session) if session else set()) if _alive(p)}
+    victims = {p for p in known | (_with_session(session) if session else set())
+               if p != os.getpid() and _alive(p)}  # the reaper is the driver's child too
     for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
         for pid in victims:
             try:

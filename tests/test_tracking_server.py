@@ -106,7 +106,7 @@ def tracking_server():
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
                  "--port", str(mlflow_port), "--workers", "1",
-                 "--backend-store-uri", f"postgresql://postgres@127.0.0.1:{pg_port}/mlflow",
+                 "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:{pg_port}/mlflow",
                  "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--serve-artifacts"],
                 env={**env, **s3_env}, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True))
         uri = f"http://127.0.0.1:{mlflow_port}"
