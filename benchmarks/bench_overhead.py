@@ -156,7 +156,6 @@ def run_toy_study(tmp: Path, zoo: Path, *, samples_per_cell: int, epochs: int, n
                 (ProgressCallback, "on_experiment_end", "progress_callback"),
                 (CellSearcher, "suggest", "optuna_searcher"),
                 (CellSearcher, "on_trial_complete", "optuna_searcher"),
-                (CellSearcher, "reset_studies", "optuna_searcher"),
                 (execute, "check_tracking", "checks"), (execute, "check_storage", "checks"),
                 (execute, "select_rows", "select_rows")]
     args = argparse.Namespace(address=None, storage=None, tracking_uri=None, max_concurrent=None, resume=False)

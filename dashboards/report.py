@@ -82,7 +82,9 @@ def build_report(data: StudyData, *, objective: str = "val/acc", mode: str = "ma
         _overview_section(ctx),
         _groups_section(ctx),
         _backdoor_section(ctx),
-        _search_section(ctx, data.study, storage),
+        # Optuna studies are per execution: <study>/<execution>/<cell> (platform.searcher)
+        _search_section(ctx, "/".join(filter(None, (data.study, data.study_tags.get("ltbias.execution")))),
+                        storage),
     ]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)

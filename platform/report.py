@@ -65,6 +65,11 @@ def open_study(args: argparse.Namespace):
 
     try:
         target = resolve_study(args)
+        db = paths.sqlite_path(target.tracking_uri)
+        if db is not None and not db.expanduser().exists():  # opening it would create an empty DB
+            print(f"error: --tracking-uri {target.tracking_uri}: no database at {db}; run the study "
+                  "first or pass the tracking URI it used", file=sys.stderr)
+            return None
         return target, load_study(target.name, target.tracking_uri, args.run_id)
     except SpecError as e:
         print(f"error: invalid study\n{e}", file=sys.stderr)

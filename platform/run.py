@@ -1,7 +1,10 @@
 """``python -m platform.run STUDY.yaml``: validate a study, print its plan, run it, print results.
 
-Exit status: 0 done (or a valid --dry-run); 2 invalid input (the message on stderr names file,
-line, field, value and fix); 1 the study ran but some trials failed beyond their retries.
+Exit status: 0 done (or a valid --dry-run); 1 the study ran but some trials failed beyond their
+retries; 2 invalid input (the message on stderr names file, line, field, value and fix), a study
+another driver is running, or ``--resume`` with nothing to continue; 3 the environment failed (Ray
+cannot start or be reached, a store is unreachable); 130 interrupted (Ctrl-C or SIGTERM: runs are
+marked KILLED and the command that continues the study is printed).
 Ray, torch and MLflow are imported only after the study is valid, so errors come back fast.
 """
 
@@ -9,18 +12,21 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import shlex
+import signal
 import sys
 from typing import Any, Sequence
 
 import yaml
 from pydantic import ValidationError
 
-from platform.errors import PlatformInputError, SpecError, show_value
+from platform.errors import EnvironmentFailure, PlatformInputError, SpecError, show_value
 from platform.plan import Plan, StudyOutcome, check_fits, local_capacity, make_plan
 from platform.spec import load_study
 from trainables.stats import STD_SUFFIX
 
-EXIT_OK, EXIT_FAILED_TRIALS, EXIT_INVALID = 0, 1, 2
+EXIT_OK, EXIT_FAILED_TRIALS, EXIT_INVALID, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 RESULT_METRICS = ("test/acc", "test/d_many", "test/d_medium", "test/d_few",
                   "test/p_many", "test/p_medium", "test/p_few")
 
@@ -30,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m platform.run", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="exit status: 0 done, 1 trials failed beyond their retries, "
-                                       "2 invalid input")
+                                       "2 invalid input (or the study is running elsewhere, or "
+                                       "--resume found nothing), 3 environment (Ray, stores), "
+                                       "130 interrupted (Ctrl-C, SIGTERM)")
     p.add_argument("study", help="the study file, e.g. studies/smoke.yaml")
     p.add_argument("--dry-run", action="store_true",
                    help="validate and print the plan; start nothing")
@@ -49,8 +57,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preflight checks models, tags and checkpoints but not the data sets' files "
                         "(plan a study on a machine without the data)")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run of this study (same spec), reusing its runs")
+                   help="continue an interrupted run of this study (same spec), reusing its runs; "
+                        "exits 2 when there is none")
+    p.add_argument("--resume-if-any", action="store_true",
+                   help="like --resume, but start the study when there is nothing to continue")
     return p
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The command that continues this study: the same study and flags, plus --resume."""
+    parts = ["python", "-m", "platform.run", args.study]
+    for text in args.overrides:
+        parts += ["--set", text]
+    for flag, value in (("--max-concurrent", args.max_concurrent), ("--address", args.address),
+                        ("--storage", args.storage), ("--tracking-uri", args.tracking_uri)):
+        if value is not None:
+            parts += [flag, str(value)]
+    parts.append("--resume")
+    return shlex.join(parts)
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (``docker stop``, Kubernetes) stops the study like Ctrl-C: Tune's handler (during
+    the run) checkpoints and returns; otherwise KeyboardInterrupt."""
+    def on_term(signum: int, frame: object) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def _flags(args: argparse.Namespace) -> list[tuple[str, Any, str]]:
@@ -201,8 +238,8 @@ def format_outcome(outcome: StudyOutcome, plan: Plan) -> str:
         lines += ["", format_comparison(compare(plan.study.published, outcome.rows, methods))]
     lines += ["", f"trials: {outcome.total_trials}, failed beyond retries: {outcome.failed_trials}; "
                   f"study run {outcome.study_run_id}"]
-    lines += ["", "browse the results:", "  python -m platform.ui"]
     uri = outcome.tracking_uri or plan.tracking_uri
+    lines += ["", "browse the results:", f"  python -m platform.ui --tracking-uri {shlex.quote(uri)}"]
     if uri.startswith(("http://", "https://")):
         lines.append(f"  open {uri}")
     else:
@@ -241,16 +278,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\nwarning: this machine cannot run the study as it is:\n{unfit}")
         print("\ndry run: nothing was started")
         return EXIT_OK
-    from platform.execute import run_study  # imports Ray: only for a valid study that runs
+    if args.resume_if_any:
+        args.resume = True
+    _sigterm_as_interrupt()
     try:
+        if args.address is None and not os.environ.get("RAY_ADDRESS"):
+            # A local Ray listens on 127.0.0.1 only; Ray reads this when it is imported.
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        from platform.execute import run_study  # imports Ray: only for a valid study that runs
         outcome = run_study(plan, args)
     except PlatformInputError as e:  # e.g. unwritable storage, --resume of a changed spec
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
+    except EnvironmentFailure as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: python -m platform.run {args.study} --resume",
-              file=sys.stderr)
-        return 130
+        print(f"\ninterrupted; continue with:\n  {resume_command(args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print()
     print(format_outcome(outcome, plan))
     return EXIT_FAILED_TRIALS if outcome.failed_trials else EXIT_OK

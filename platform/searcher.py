@@ -17,10 +17,18 @@ Trial configs stay valid ``TrialConfig`` dicts plus one top-level key, ``ltbias`
 optuna_trial, seed), that the trainable strips before validating and that tracking and reporting
 read. The searcher's bookkeeping is pickled by ``save``; Optuna's state lives in its RDB, so
 ``Tuner.restore`` continues where the study stopped without rerunning a finished trial.
+
+Crash safety: the Optuna studies of one execution are named ``<study>/<execution>/<cell id>``
+(``optuna_study_name``), so no other execution ever reopens or deletes them. The sampler (with its
+random state) is saved in the study's RDB after every ask, so a resumed study proposes exactly
+what an uninterrupted one would; an Optuna trial asked after the last searcher checkpoint (never
+run) is handed out again, not failed and re-asked. Optuna writes are retried while the RDB is
+locked, and a seed group counts as told only once the tell has been written.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import math
 import pickle
@@ -36,6 +44,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from platform.plan import apply_params
+from platform.retry import retry, sqlite_engine_kwargs
 from platform.space import grid_values, kind_of, sample
 
 META_KEY = "ltbias"
@@ -44,6 +53,15 @@ META_KEY = "ltbias"
 STAGE1_CELL = "stage1"
 """Cell id of the plan's prerequisite stage-1 trials."""
 
+
+SAMPLER_ATTR = "ltbias.sampler"
+"""Study system attribute holding the pickled sampler (base64) after the latest ask."""
+
+
+def optuna_study_name(study: str, cell_id: str, execution: str | None = None) -> str:
+    """The Optuna study of one cell in one execution: ``<study>/<execution>/<cell id>``
+    (``<study>/<cell id>`` for a searcher used without an execution, e.g. in tests)."""
+    return f"{study}/{execution}/{cell_id}" if execution else f"{study}/{cell_id}"
 
 
 # --------------------------------------------------------------------------- config paths
@@ -214,10 +232,12 @@ class _CellState:
 class CellSearcher(Searcher):
     """Emit a plan's prerequisite and cell trials, keeping one Optuna study per searched cell."""
 
-    def __init__(self, plan: Any, *, sampler_seed: int | None = None):
+    def __init__(self, plan: Any, *, sampler_seed: int | None = None, execution: str | None = None):
         super().__init__(metric=plan.metric, mode=plan.mode)
         self._plan = plan
         self._study = study_name(plan)
+        self._execution = execution
+        self._orphans: dict[str, list[int]] = {}  # cell -> Optuna trials asked but never emitted
         self._storage = plan.optuna_storage
         self._sampler_seed = sampler_seed
         self._prereqs: list[dict] = [dict(p) for p in (_field(plan, "prerequisites", None) or [])]
@@ -290,12 +310,16 @@ class CellSearcher(Searcher):
         """Restore bookkeeping saved by ``get_state`` (the plan and Optuna handles are kept)."""
         self.__dict__.update(state)
         self._optuna = {}
-        self._fail_orphans()
+        self.__dict__.setdefault("_execution", None)
+        self._orphans = {}
+        self._adopt_orphans()
 
     def rdb(self) -> "optuna.storages.RDBStorage":
         """The Optuna RDB storage, opened once (a new engine per call costs about 0.3 s)."""
         if self._rdb is None:
-            self._rdb = optuna.storages.RDBStorage(self._storage)
+            kwargs = sqlite_engine_kwargs() if str(self._storage).startswith("sqlite") else {}
+            self._rdb = retry(optuna.storages.RDBStorage, self._storage, engine_kwargs=kwargs,
+                              what=f"Optuna storage {self._storage}")
         return self._rdb
 
     def save(self, checkpoint_path: str) -> None:
@@ -314,21 +338,6 @@ class CellSearcher(Searcher):
         state["_rdb"] = None
         return state
 
-    def reset_studies(self) -> None:
-        """Delete this plan's Optuna studies left in the RDB by an earlier, discarded execution.
-
-        A fresh execution (not ``--resume``) starts with an empty Tune experiment; Optuna trials
-        of a run whose Tune state is gone would otherwise bias the sampler and never be told.
-        """
-        names = {f"{self._study}/{cid}" for cid, c in self._cells.items() if _field(c, "space")}
-        try:
-            existing = {s.study_name for s in optuna.get_all_study_summaries(storage=self.rdb())}
-        except Exception:  # noqa: BLE001 - a fresh DB has no tables yet: nothing to delete
-            return
-        for name in sorted(names & existing):
-            optuna.delete_study(study_name=name, storage=self.rdb())
-        self._optuna = {}
-
     # ------------------------------------------------------------------ queries
 
     def trial_place(self, trial_id: str) -> tuple[str, int] | None:
@@ -341,12 +350,10 @@ class CellSearcher(Searcher):
             cell = self._cells[cell_id]
             space = _field(cell, "space", None) or {}
             algorithm = _field(cell, "algorithm", "optuna")
-            name = f"{self._study}/{cell_id}"
-            # A resumed study continues the sampler's random stream from where the RDB stands,
-            # so startup trials after a restart do not repeat the first run's proposals.
-            done = _count_trials(self.rdb(), name)
+            name = self.optuna_name(cell_id)
+            # Seeded by study and cell (not execution): two executions propose the same values.
             seed = _stable_seed(self._sampler_seed if self._sampler_seed is not None else "",
-                                name, done)
+                                f"{self._study}/{cell_id}")
             if algorithm == "grid":
                 sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(
                     grid_values(space), seed=seed)
@@ -358,10 +365,20 @@ class CellSearcher(Searcher):
                 raise ValueError(f"cell {cell_id}: algorithm {algorithm!r} is not one of "
                                  "grid, random, optuna")
             optuna.logging.set_verbosity(optuna.logging.WARNING)  # else INFO lines per study
-            self._optuna[cell_id] = optuna.create_study(
-                study_name=name, storage=self.rdb(), load_if_exists=True, sampler=sampler,
-                direction="maximize" if self._mode == "max" else "minimize")
+            study = retry(optuna.create_study, study_name=name, storage=self.rdb(),
+                          load_if_exists=True, sampler=sampler,
+                          direction="maximize" if self._mode == "max" else "minimize",
+                          what=f"Optuna study {name}")
+            saved = self.rdb().get_study_system_attrs(
+                self.rdb().get_study_id_from_name(name)).get(SAMPLER_ATTR)
+            if saved:  # a resumed execution continues the sampler where it stood
+                study.sampler = pickle.loads(base64.b64decode(saved))  # noqa: S301 - our own RDB
+            self._optuna[cell_id] = study
         return self._optuna[cell_id]
+
+    def optuna_name(self, cell_id: str) -> str:
+        """The name of cell ``cell_id``'s Optuna study in this execution."""
+        return optuna_study_name(self._study, cell_id, getattr(self, "_execution", None))
 
     # ------------------------------------------------------------------ internals
 
@@ -389,10 +406,8 @@ class CellSearcher(Searcher):
         base = copy.deepcopy(dict(cell.base_config))
         number = None
         if space:
-            trial = self.optuna_study(cid).ask()  # define-by-run: inactive parameters never sampled
-            number = trial.number
-            cfg = base
-            base = apply_params(base, sample(space, trial, lambda path: get_path(cfg, path)))
+            number, values = self._ask(cid, space, base)
+            base = apply_params(base, values)
         gindex = st.emitted_configs
         st.emitted_configs += 1
         size = cell_group_size(cell)
@@ -408,29 +423,50 @@ class CellSearcher(Searcher):
             configs.append(config)
         return configs
 
-    def _tell(self, cid: str, group: _Group) -> None:
-        group.told = True
-        if group.optuna_trial is None:
-            return
-        values = [v for v in group.members.values() if v is not None]
+    def _ask(self, cid: str, space: dict, base: dict) -> tuple[int, dict]:
+        """(number, config values by path) of the cell's next Optuna trial: an orphan first
+        (its recorded params replayed through the same define-by-run ``sample``), else a new ask
+        after which the sampler's state is saved (so a resumed study continues its random stream).
+        Sampling is define-by-run: a parameter whose ``when`` condition is false is never suggested."""
         study = self.optuna_study(cid)
-        if values:
-            study.tell(group.optuna_trial, statistics.fmean(values), skip_if_finished=True)
-        else:
-            study.tell(group.optuna_trial, state=TrialState.FAIL, skip_if_finished=True)
+        lookup = lambda path: get_path(base, path)  # noqa: E731 - conditions on fixed config values
+        orphans = self._orphans.get(cid) or []
+        if orphans:
+            number = orphans.pop(0)
+            trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+            return number, sample(space, optuna.trial.FixedTrial(dict(trial.params), number), lookup)
+        name = self.optuna_name(cid)
+        trial = retry(study.ask, what=f"Optuna study {name}")
+        values = sample(space, trial, lookup)
+        state = base64.b64encode(pickle.dumps(study.sampler)).decode("ascii")
+        retry(self.rdb().set_study_system_attr, self.rdb().get_study_id_from_name(name),
+              SAMPLER_ATTR, state, what=f"Optuna study {name}")
+        return trial.number, values
 
-    def _fail_orphans(self) -> None:
-        """Mark FAIL the Optuna trials asked after the last searcher checkpoint (never emitted)."""
+    def _tell(self, cid: str, group: _Group) -> None:
+        if group.optuna_trial is not None:
+            values = [v for v in group.members.values() if v is not None]
+            study = self.optuna_study(cid)
+            what = f"Optuna study {self.optuna_name(cid)}"
+            if values:
+                retry(study.tell, group.optuna_trial, statistics.fmean(values),
+                      skip_if_finished=True, what=what)
+            else:
+                retry(study.tell, group.optuna_trial, state=TrialState.FAIL,
+                      skip_if_finished=True, what=what)
+        group.told = True  # only once Optuna holds the result
+
+    def _adopt_orphans(self) -> None:
+        """Hand out again the Optuna trials asked after the last searcher checkpoint (never emitted),
+        in the order they were asked, before asking new ones: the resumed study then evaluates the
+        same configurations as an uninterrupted one, and Optuna holds no extra trial."""
         for cid, st in self._state.items():
             if not _field(self._cells[cid], "space", None):
                 continue
             known = {g.optuna_trial for g in st.groups.values()}
             study = self.optuna_study(cid)
-            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if t.number not in known:
-                    study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-                    # never evaluated: propose it again (a grid sampler counts FAIL as visited)
-                    study.enqueue_trial(t.params, skip_if_exists=False)
+            self._orphans[cid] = sorted(t.number for t in study.get_trials(
+                deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in known)
 
 
 def finite(value: Any) -> float | None:
@@ -444,14 +480,6 @@ def _finite(result: dict | None, metric: str) -> float | None:
     return finite((result or {}).get(metric))
 
 
-def _count_trials(storage: "str | optuna.storages.BaseStorage", name: str) -> int:
-    try:
-        summaries = optuna.get_all_study_summaries(storage=storage)
-    except Exception:  # noqa: BLE001 - a fresh DB has no tables yet; Optuna creates them later
-        return 0
-    return next((s.n_trials for s in summaries if s.study_name == name), 0)
-
-
 def iter_groups(records: Iterable[dict]) -> dict[tuple[str, int], list[dict]]:
     """Group trial records (dicts with ``config``) by (cell id, group index) from their ``ltbias`` block."""
     groups: dict[tuple[str, int], list[dict]] = {}
@@ -463,6 +491,6 @@ def iter_groups(records: Iterable[dict]) -> dict[tuple[str, int], list[dict]]:
     return groups
 
 
-__all__ = ["CellSearcher", "META_KEY", "STAGE1_CELL", "cell_num_trials", "cell_replicates",
-           "get_path", "grid_values", "iter_groups", "optuna_distributions", "plan_num_trials",
+__all__ = ["CellSearcher", "META_KEY", "SAMPLER_ATTR", "STAGE1_CELL", "cell_num_trials", "cell_replicates",
+           "get_path", "grid_values", "iter_groups", "optuna_distributions", "optuna_study_name", "plan_num_trials",
            "space_values", "strip_meta", "study_name", "trial_meta"]

@@ -33,7 +33,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr,
 
 from platform import paths
 from platform.errors import Issue, SpecError, did_you_mean, show_value
-from platform.space import DISTRIBUTIONS, check_distribution, condition, representative_values
+from platform.space import DISTRIBUTIONS, check_distribution, condition, grid_size, representative_values
 from platform.space import JSON_SCHEMA as SPACE_SCHEMA
 from trainables.config import (BackboneConfig, BackdoorConfig, DatasetConfig, FinetuneConfig,
                                MethodConfig, Replicate, RuntimeConfig, SeedAxes, TrialConfig, seed_axes)
@@ -410,12 +410,103 @@ class Source:
                      context=context, **kw)
 
 
+# --------------------------------------------------------------------------------------------
+# Limits: a study file is small; anything far larger is a mistake or an attack (an alias bomb
+# expands a 1 KB file into gigabytes). Each limit is checked before the costly step it guards.
+# --------------------------------------------------------------------------------------------
+
+MAX_STUDY_BYTES = 1_000_000
+"""Largest study file read (bytes)."""
+MAX_YAML_ALIASES = 100
+"""Most alias references (``*name``) in a study file."""
+MAX_YAML_NODES = 100_000
+"""Most YAML nodes (mapping keys, values, list items) after aliases are expanded."""
+MAX_LIST_ITEMS = 10_000
+"""Longest list anywhere in a study (seeds, grid values, ...)."""
+MAX_STUDY_TRIALS = 100_000
+"""Most trials a study may plan: grid cells x seeds x configurations per cell (before expansion)."""
+
+
+def _check_yaml_size(node: yaml.Node, file: str) -> None:
+    """Refuse a composed document with too many aliases, nodes (expanded) or list items."""
+    sizes: dict[int, int] = {}
+    refs: dict[int, int] = {}
+    busy: set[int] = set()
+    issues: list[Issue] = []
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in busy:
+            raise SpecError([Issue("", "an alias refers to a node that contains it (a recursive "
+                                   "structure); remove the alias", line=n.start_mark.line + 1)], file)
+        busy.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(n, yaml.MappingNode):
+            children = [c for pair in n.value for c in pair]
+        elif isinstance(n, yaml.SequenceNode):
+            children = list(n.value)
+            if len(children) > MAX_LIST_ITEMS and not issues:
+                issues.append(Issue("", f"a list of {len(children)} items; at most "
+                                    f"{MAX_LIST_ITEMS} are allowed (MAX_LIST_ITEMS)",
+                                    line=n.start_mark.line + 1))
+        total = 1
+        for child in children:
+            refs[id(child)] = refs.get(id(child), 0) + 1
+            total += size(child)
+        busy.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        total = size(node)
+    except RecursionError:
+        raise SpecError([Issue("", "the YAML is nested too deeply; flatten it")], file) from None
+    aliases = sum(n - 1 for n in refs.values() if n > 1)
+    if aliases > MAX_YAML_ALIASES:
+        issues.append(Issue("", f"{aliases} alias references; at most {MAX_YAML_ALIASES} are "
+                            "allowed (MAX_YAML_ALIASES): write the values out"))
+    if total > MAX_YAML_NODES:
+        issues.append(Issue("", f"{total} YAML nodes once aliases are expanded; at most "
+                            f"{MAX_YAML_NODES} are allowed (MAX_YAML_NODES)"))
+    if issues:
+        raise SpecError(issues, file)
+
+
+def check_study_size(study: "Study", source: "Source") -> None:
+    """Refuse a study planning more than MAX_STUDY_TRIALS trials, counted without expanding the
+    grid: cells (product of the grid's list lengths) x seeds x configurations per cell."""
+    cells = math.prod(len(v) for v in study.grid.values()) if study.grid else 1
+    samples = 1
+    if study.search.space:
+        samples = study.search.num_samples or 10
+        if study.search.algorithm == "grid" and not study.search.num_samples:
+            try:
+                samples = grid_size(study.search.space)
+            except ValueError:  # reported by _check_search, with the field
+                samples = 1
+    axes = study.seed_axes()
+    replicates = len(axes.world) * len(axes.pretrain) * len(axes.finetune)
+    trials = cells * replicates * samples
+    if trials > MAX_STUDY_TRIALS:
+        raise SpecError([source.issue(("grid",) if study.grid else (), (
+            f"the study would plan about {trials:,} trials ({cells:,} cells x {replicates:,} "
+            f"replicates x {samples:,} configurations); at most {MAX_STUDY_TRIALS:,} are allowed "
+            "(MAX_STUDY_TRIALS): shrink the grid, the seeds or search.num_samples"),
+            has_value=False)], source.file)
+
+
 def _compose(text: str, file: str) -> tuple[Any, dict[PathTuple, int]]:
     """``yaml.safe_load`` of ``text`` plus the 1-based line of every mapping key and list item."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
+        if node is not None:
+            _check_yaml_size(node, file)
         data = loader.construct_document(node) if node is not None else None
+    except RecursionError:
+        raise SpecError([Issue("", "the YAML is nested too deeply; flatten it")], file) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -1073,6 +1164,7 @@ def parse_study(text: str, file: str = "<study>", overrides: Sequence[str] = (),
     except ValidationError as err:
         raise SpecError(pydantic_issues(err, Study, source), file) from None
     study._source = source
+    check_study_size(study, source)
     _check_search(study, expand_grid(study))
     _check_published(study)
     return study
@@ -1100,16 +1192,30 @@ def load_study(path: str | Path, overrides: Sequence[str] = (),
     """Read and fully validate the study file ``path`` (see ``parse_study``)."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_STUDY_BYTES + 1)
     except FileNotFoundError:
         raise SpecError([Issue("", "no such study file (give a path such as studies/smoke.yaml)")],
                         file) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise SpecError([Issue("", f"cannot read the study file: {e}")], file) from None
+    if len(raw) > MAX_STUDY_BYTES:
+        raise SpecError([Issue("", f"the file is larger than {MAX_STUDY_BYTES:,} bytes "
+                                   "(MAX_STUDY_BYTES); a study file is a short YAML document")],
+                        file)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise SpecError([Issue("", f"not UTF-8 text: byte 0x{raw[e.start]:02x} at column {column} "
+                                   "cannot be decoded; save the file as UTF-8", line=line)],
+                        file) from None
     return parse_study(text, file, overrides, flags)
 
 
-__all__ = ["AshaSpec", "DISTRIBUTIONS", "Distribution", "FifoSpec", "GRID_ROOTS", "GridPoint",
+__all__ = ["AshaSpec", "DISTRIBUTIONS", "MAX_LIST_ITEMS", "MAX_STUDY_BYTES", "MAX_STUDY_TRIALS",
+           "MAX_YAML_ALIASES", "MAX_YAML_NODES", "check_study_size", "Distribution", "FifoSpec", "GRID_ROOTS", "GridPoint",
            "Published", "Resources", "SEARCH_ROOTS", "SchedulerSpec", "SearchSpec", "Source", "Study",
            "TrialSections", "cell_ids", "cell_label", "check_distribution", "expand_grid",
            "get_path", "join_path", "load_study", "method_kind", "parse_override", "parse_study",

@@ -36,12 +36,14 @@ from mlflow.utils.validation import (MAX_ENTITY_KEY_LENGTH, MAX_METRICS_PER_BATC
 from ray.tune import Callback
 
 from platform.paths import REPO_ROOT, sqlite_path
+from platform.retry import Retrying
 from platform.searcher import STAGE1_CELL, strip_meta, study_name, trial_meta
 
 LEVEL, CELL, TRIAL_ID, STUDY_RUN = "ltbias.level", "ltbias.cell", "ltbias.trial_id", "ltbias.study_run"
 SPEC_HASH, STORAGE, GIT_COMMIT = "ltbias.spec_hash", "ltbias.storage", "ltbias.git_commit"
 PARENT = "mlflow.parentRunId"
 LAST_STEP = "ltbias.last_step"
+EXECUTION = "ltbias.execution"
 
 # Tune's own bookkeeping in every result: not measurements of the trial.
 _TUNE_KEYS = frozenset({"timestamp", "pid", "done", "training_iteration", "time_since_restore",
@@ -169,7 +171,8 @@ class StudyTracker:
         self._cell_runs: dict[str, str] = {}
         self._trial_runs: dict[str, str] = {}
         self._steps: dict[str, tuple[int, set[str]]] = {}  # run id -> (last step, keys logged there)
-        self._client: MlflowClient | None = None
+        self._client: Any = None
+        self.execution: str | None = None  # the execution id (names its Optuna studies)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -179,8 +182,9 @@ class StudyTracker:
     @property
     def client(self) -> MlflowClient:
         """The MLflow client, opened on first use."""
-        if self._client is None:
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        if self._client is None:  # every call retried while the store is locked or unreachable
+            self._client = Retrying(MlflowClient(tracking_uri=self.tracking_uri),
+                                    f"MLflow store {self.tracking_uri}")
         return self._client
 
     # ------------------------------------------------------------------ runs
@@ -221,6 +225,8 @@ class StudyTracker:
             return self.study_run_id
         tags = {LEVEL: "study", SPEC_HASH: spec_hash, STORAGE: self.experiment_path,
                 "ltbias.study": self.name}
+        if getattr(self, "execution", None):
+            tags[EXECUTION] = str(self.execution)
         commit = git_commit()
         if commit:
             tags[GIT_COMMIT] = commit
@@ -268,8 +274,7 @@ class StudyTracker:
                          f"tags.`{TRIAL_ID}` = {_quote(trial_id)}") if self.resume else None
         if run is not None:
             run_id = run.info.run_id
-            last = run.data.tags.get(LAST_STEP)
-            self._steps[run_id] = (int(last), set(run.data.metrics)) if last else (-1, set())
+            self._steps[run_id] = self._logged_steps(run_id, run.data.metrics)
             self.client.update_run(run_id, status="RUNNING")
         else:
             tags = {LEVEL: "trial", TRIAL_ID: trial_id, CELL: cell_id, PARENT: cell_run,
@@ -283,6 +288,46 @@ class StudyTracker:
             self.log_params(run_id, flatten(strip_meta(config)))
         self._trial_runs[trial_id] = run_id
         return run_id
+
+    def _logged_steps(self, run_id: str, keys: Iterable[str]) -> tuple[int, set[str]]:
+        """(last step, keys logged at it) read from the run's own metric history, so that logging
+        is idempotent whatever a killed driver managed to write (a tag written apart from the
+        metrics could disagree with them)."""
+        last, seen = -1, set()
+        for key in keys:
+            steps = [m.step for m in self.client.get_metric_history(run_id, key)]
+            if not steps:
+                continue
+            top = max(steps)
+            if top > last:
+                last, seen = top, {key}
+            elif top == last:
+                seen.add(key)
+        return last, seen
+
+    def reconcile(self, trial_ids: Iterable[str]) -> list[str]:
+        """Delete this study run's trial runs whose Tune trial is not among ``trial_ids`` (a run
+        created for a trial that a killed driver never recorded; Tune ran that trial again under
+        another id) and keep one run per trial (the most advanced). Returns the deleted run ids."""
+        keep = set(trial_ids)
+        runs = self.client.search_runs(
+            [self.experiment_id()], max_results=50000,
+            filter_string=f"tags.`{STUDY_RUN}` = {_quote(self.start_study())} and "
+                          f"tags.`{LEVEL}` = 'trial'")
+        by_trial: dict[str, list] = {}
+        for run in runs:
+            by_trial.setdefault(run.data.tags.get(TRIAL_ID, ""), []).append(run)
+        deleted = []
+        for trial_id, group in by_trial.items():
+            rank = {"FINISHED": 2, "FAILED": 1}
+            group.sort(key=lambda r: (rank.get(r.info.status, 0), r.info.start_time or 0), reverse=True)
+            extra = group if trial_id not in keep else group[1:]
+            for run in extra:
+                self.client.delete_run(run.info.run_id)
+                deleted.append(run.info.run_id)
+            if trial_id in keep and group:
+                self._trial_runs[trial_id] = group[0].info.run_id
+        return deleted
 
     # ------------------------------------------------------------------ logging
 
@@ -400,8 +445,15 @@ class MLflowStudyCallback(Callback):
             metrics["n_trials"] = row.get("n_trials", 0)
             params = {f"best.{k}": v for k, v in (row.get("best_config") or {}).items()}
             self.tracker.log_summary(run_id, metrics, params)
-        for run_id in self.tracker._cell_runs.values():
-            self.tracker.end(run_id, status)
+        # A cell whose every trial failed is FAILED, with the first trial's reason.
+        failed_cells = {str(r["cell"]): r.get("error") or "every trial failed" for r in rows
+                        if r.get("n_trials") and r.get("n_failed") == r.get("n_trials")}
+        for cell_id, run_id in self.tracker._cell_runs.items():
+            if cell_id in failed_cells and status == "FINISHED":
+                self.tracker.client.set_tag(run_id, "ltbias.error", _tag_value(failed_cells[cell_id]))
+                self.tracker.end(run_id, "FAILED")
+            else:
+                self.tracker.end(run_id, status)
         study_run = self.tracker.start_study()
         self.tracker.log_summary(study_run, {"failed_trials": failed_trials,
                                              "cells_done": len(rows)}, {})

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import numpy as np
+from pydantic import ValidationError
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset, WeightedRandomSampler
@@ -70,7 +71,10 @@ class SimulatedCrash(RuntimeError):
 
 def run_trial(config: dict, reporter: Reporter | None = None) -> dict:
     """Validate ``config`` (a TrialConfig dict), run the trial, return its final metrics."""
-    cfg = TrialConfig.model_validate(config)
+    try:
+        cfg = TrialConfig.model_validate(config)
+    except ValidationError as exc:  # the same config fails the same way on every retry
+        raise ConfigurationError(f"invalid trial config: {exc}") from None
     if cfg.runtime.num_threads:
         torch.set_num_threads(cfg.runtime.num_threads)
     method = get_method(cfg.method.name)
@@ -81,7 +85,7 @@ def run_trial(config: dict, reporter: Reporter | None = None) -> dict:
     if method.kind == "ensemble":
         metrics, adjusted, details = run_backdoor(cfg, stage1_result, compute_metrics)
         return report_stage2(reporter, cfg, metrics, adjusted, {"replicates.json": details})
-    raise ValueError(f"method {cfg.method.name!r} has kind {method.kind!r}; expected train, posthoc or ensemble")
+    raise ConfigurationError(f"method {cfg.method.name!r} has kind {method.kind!r}; expected train, posthoc or ensemble")
 
 
 def tune_trainable(config: dict) -> None:
@@ -185,7 +189,7 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
         zs_temperature = zero_shot_temperature(zs_logits["val"], splits.val.labels)
         q_hat = estimate_prior(zs_logits["val"] / zs_temperature, splits.val.labels)
     if getattr(method, "needs_prior", False) and q_hat is None:
-        raise ValueError(f"method {cfg.method.name!r} needs the pre-training prior q_hat, but backbone "
+        raise ConfigurationError(f"method {cfg.method.name!r} needs the pre-training prior q_hat, but backbone "
                          f"{cfg.backbone.display()!r} has no zero-shot classifier to estimate it from")
 
     # Model: PEFT inside the encoder, head on top; a frozen encoder trains on cached features.
@@ -464,7 +468,7 @@ def run_posthoc(cfg: TrialConfig, reporter: Reporter | None = None) -> dict:
         rc = apply_replicate(cfg, rep)
         r = stage1_result(rc, rc.backbone, base, rc.seed)
         if getattr(method, "needs_prior", False) and r.q_hat is None:
-            raise ValueError(f"method {cfg.method.name!r} needs q_hat, but backbone {cfg.backbone.display()!r} "
+            raise ConfigurationError(f"method {cfg.method.name!r} needs q_hat, but backbone {cfg.backbone.display()!r} "
                              f"has no zero-shot classifier; use posthoc_la")
         adjusted = {s: np.asarray(method.adjust(getattr(r, f"{s}_logits"), cfg.method, r.train_counts, r.q_hat,
                                                 calibrated_zero_shot(r, s)), dtype=np.float32)
@@ -543,7 +547,7 @@ def make_optimizer(phase: Phase, ft) -> tuple[torch.optim.Optimizer, torch.optim
     """SGD(momentum) or AdamW over the phase's trainable parameters, with warm-up + cosine per step."""
     params = [p for p in phase.model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("nothing to train: every parameter is frozen (check finetune.peft and finetune.head)")
+        raise ConfigurationError("nothing to train: every parameter is frozen (check finetune.peft and finetune.head)")
     if ft.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay)
     else:
@@ -681,7 +685,7 @@ def parse_fault(fault: str | None) -> dict[str, int]:
     kind, _, n = fault.partition(":")
     names = {"nan_at_epoch": "nan", "crash_at_epoch": "crash"}
     if kind not in names or not n.isdigit():
-        raise ValueError(f"runtime.fault {fault!r} is not understood; use nan_at_epoch:N or crash_at_epoch:N")
+        raise ConfigurationError(f"runtime.fault {fault!r} is not understood; use nan_at_epoch:N or crash_at_epoch:N")
     return {names[kind]: int(n)}
 
 
