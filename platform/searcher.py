@@ -10,8 +10,12 @@
    trial once per seed (a *seed group*); Optuna is told the mean of the group's final metric once
    the whole group has finished. Members that errored or never reported the metric are left out of
    the mean; a group with no usable member is told FAIL. Post-hoc and ensemble cells run one Tune
-   trial per Optuna trial (the trainable evaluates all seeds itself) and wait until every
-   prerequisite trial has finished.
+   trial per Optuna trial (the trainable evaluates all seeds itself). They are emitted as soon
+   as every prerequisite has been emitted, without waiting for the prerequisites to finish: a
+   stage-2 trial that needs a stage-1 entry still being trained waits on that entry's cache lock
+   (or trains a missing one itself; the prerequisite trial then replays it). Returning None from
+   ``suggest`` while prerequisites run would let Tune drop to one worker for the rest of the
+   study, because short stage-2 trials finish before a new worker process has started.
 
 Trial configs stay valid ``TrialConfig`` dicts plus one top-level key, ``ltbias`` (cell, stage,
 optuna_trial, seed), that the trainable strips before validating and that tracking and reporting
@@ -226,7 +230,6 @@ class CellSearcher(Searcher):
             raise ValueError(f"cell id {STAGE1_CELL!r} is reserved for stage-1 prerequisites")
         self._state = {cid: _CellState() for cid in self._cells}
         self._prereq_emitted = 0
-        self._prereq_done: set[str] = set()
         self._trials: dict[str, tuple[str, int]] = {}  # Tune trial id -> (cell id, group index)
         self._completed: set[str] = set()
         self._optuna: dict[str, optuna.Study] = {}  # opened lazily; never pickled
@@ -245,7 +248,10 @@ class CellSearcher(Searcher):
         return plan_num_trials(self._plan)
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        """The next trial config, None while post-hoc cells wait for stage 1, FINISHED at the end."""
+        """The next trial config (prerequisites first, then cells in order), FINISHED at the end.
+
+        Never None: every allowed slot gets a trial, so Tune keeps one worker per slot busy.
+        """
         if self._prereq_emitted < len(self._prereqs):
             index = self._prereq_emitted
             self._prereq_emitted += 1
@@ -254,15 +260,10 @@ class CellSearcher(Searcher):
             config[META_KEY] = {"cell": STAGE1_CELL, "stage": 1, "optuna_trial": None,
                                 "seed": config.get("seed"), "group": index}
             return config
-        waiting = False
-        for cid, cell in self._cells.items():
-            if self._exhausted(cid):
-                continue
-            if _field(cell, "kind", "train") != "train" and not self._stage1_finished():
-                waiting = True
-                continue
-            return self._next_of_cell(cid, trial_id)
-        return None if waiting else Searcher.FINISHED
+        for cid in self._cells:
+            if not self._exhausted(cid):
+                return self._next_of_cell(cid, trial_id)
+        return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -272,7 +273,6 @@ class CellSearcher(Searcher):
         self._completed.add(trial_id)
         cid, gindex = self._trials[trial_id]
         if cid == STAGE1_CELL:
-            self._prereq_done.add(trial_id)
             return
         value = None if error else _finite(result, self._metric)
         group = self._state[cid].groups[gindex]
@@ -364,10 +364,6 @@ class CellSearcher(Searcher):
         return self._optuna[cell_id]
 
     # ------------------------------------------------------------------ internals
-
-    def _stage1_finished(self) -> bool:
-        return (self._prereq_emitted == len(self._prereqs)
-                and len(self._prereq_done) == len(self._prereqs))
 
     def _exhausted(self, cid: str) -> bool:
         st = self._state[cid]
