@@ -5,7 +5,7 @@
 1. the plan's prerequisite stage-1 trials (cell id ``stage1``), which fill the stage-1 cache that
    post-hoc and ensemble cells read;
 2. each cell's trials. A cell with a search space gets its own Optuna study
-   (``<study>/<cell id>``) in the plan's RDB storage; ``study.ask`` proposes parameters that are
+   (``<study>/<cell id>``) in the plan's Optuna storage (a journal file); ``study.ask`` proposes parameters that are
    written into the cell's base trial config by dotted path. A ``train`` cell runs each Optuna
    trial once per seed (a *seed group*); Optuna is told the mean of the group's final metric once
    the whole group has finished. Members that errored or never reported the metric are left out of
@@ -19,7 +19,7 @@
 
 Trial configs stay valid ``TrialConfig`` dicts plus one top-level key, ``ltbias`` (cell, stage,
 optuna_trial, seed), that the trainable strips before validating and that tracking and reporting
-read. The searcher's bookkeeping is pickled by ``save``; Optuna's state lives in its RDB, so
+read. The searcher's bookkeeping is pickled by ``save``; Optuna's state lives in its storage, so
 ``Tuner.restore`` continues where the study stopped without rerunning a finished trial.
 """
 
@@ -39,6 +39,7 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from platform.paths import open_optuna_storage
 from platform.plan import apply_params
 
 META_KEY = "ltbias"
@@ -233,7 +234,7 @@ class CellSearcher(Searcher):
         self._trials: dict[str, tuple[str, int]] = {}  # Tune trial id -> (cell id, group index)
         self._completed: set[str] = set()
         self._optuna: dict[str, optuna.Study] = {}  # opened lazily; never pickled
-        self._rdb: optuna.storages.RDBStorage | None = None  # one engine for every call; never pickled
+        self._rdb: optuna.storages.BaseStorage | None = None  # opened once; never pickled
 
     # ------------------------------------------------------------------ Tune hooks
 
@@ -283,7 +284,7 @@ class CellSearcher(Searcher):
     # ------------------------------------------------------------------ persistence
 
     def get_state(self) -> dict:
-        """Bookkeeping only; Optuna's trials live in its RDB storage."""
+        """Bookkeeping only; Optuna's trials live in its storage."""
         return {k: v for k, v in self.__dict__.items() if k not in ("_optuna", "_plan", "_rdb")}
 
     def set_state(self, state: dict) -> None:
@@ -292,10 +293,10 @@ class CellSearcher(Searcher):
         self._optuna = {}
         self._fail_orphans()
 
-    def rdb(self) -> "optuna.storages.RDBStorage":
-        """The Optuna RDB storage, opened once (a new engine per call costs about 0.3 s)."""
+    def rdb(self) -> "optuna.storages.BaseStorage":
+        """The Optuna storage (journal file or RDB), opened once per process."""
         if self._rdb is None:
-            self._rdb = optuna.storages.RDBStorage(self._storage)
+            self._rdb = open_optuna_storage(self._storage)
         return self._rdb
 
     def save(self, checkpoint_path: str) -> None:
@@ -310,12 +311,12 @@ class CellSearcher(Searcher):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_optuna"] = {}  # SQLAlchemy engines do not pickle; reopened from the RDB on use
+        state["_optuna"] = {}  # storage handles do not pickle; reopened on use
         state["_rdb"] = None
         return state
 
     def reset_studies(self) -> None:
-        """Delete this plan's Optuna studies left in the RDB by an earlier, discarded execution.
+        """Delete this plan's Optuna studies left in storage by an earlier, discarded execution.
 
         A fresh execution (not ``--resume``) starts with an empty Tune experiment; Optuna trials
         of a run whose Tune state is gone would otherwise bias the sampler and never be told.
@@ -336,13 +337,13 @@ class CellSearcher(Searcher):
         return self._trials.get(trial_id)
 
     def optuna_study(self, cell_id: str) -> optuna.Study:
-        """The cell's Optuna study, created in the RDB on first use."""
+        """The cell's Optuna study, created in the storage on first use."""
         if cell_id not in self._optuna:
             cell = self._cells[cell_id]
             space = _field(cell, "space", None) or {}
             algorithm = _field(cell, "algorithm", "optuna")
             name = f"{self._study}/{cell_id}"
-            # A resumed study continues the sampler's random stream from where the RDB stands,
+            # A resumed study continues the sampler's random stream from where the storage stands,
             # so startup trials after a restart do not repeat the first run's proposals.
             done = _count_trials(self.rdb(), name)
             seed = _stable_seed(self._sampler_seed if self._sampler_seed is not None else "",

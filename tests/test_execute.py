@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from platform.execute import CellASHAScheduler, run_study, select_rows
-from platform.paths import REPO_ROOT
+from platform.paths import REPO_ROOT, open_optuna_storage
 from platform.plan import make_plan
 from platform.progress import ProgressCallback
 from platform.searcher import META_KEY
@@ -126,7 +126,7 @@ def test_interrupted_study_resumes_without_duplicate_runs_or_optuna_trials(tmp_p
         assert steps == list(range(1, EPOCHS + 1))
     for cell in plan.cells:
         study = optuna.load_study(study_name=f"{plan.study.name}/{cell.id}",
-                                  storage=plan.optuna_storage)
+                                  storage=open_optuna_storage(plan.optuna_storage))
         assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
 
 
@@ -160,7 +160,7 @@ def test_two_cells_of_three_optuna_trials_run_into_mlflow_and_optuna(local_ray, 
 
     for cell in plan.cells:
         study = optuna.load_study(study_name=f"{plan.study.name}/{cell.id}",
-                                  storage=plan.optuna_storage)
+                                  storage=open_optuna_storage(plan.optuna_storage))
         complete = study.get_trials(states=(TrialState.COMPLETE,))
         assert len(complete) == 3 and len(study.trials) == 3
         # Optuna was told what the trials measured: the final val/acc logged to MLflow
@@ -172,7 +172,8 @@ def test_two_cells_of_three_optuna_trials_run_into_mlflow_and_optuna(local_ray, 
     for cell in plan.cells:
         row = rows[cell.id]
         best = max(t.value for t in optuna.load_study(
-            study_name=f"{plan.study.name}/{cell.id}", storage=plan.optuna_storage).trials)
+            study_name=f"{plan.study.name}/{cell.id}",
+            storage=open_optuna_storage(plan.optuna_storage)).trials)
         assert row["metric"] == pytest.approx(best) and row["val/acc"] == pytest.approx(best)
         assert set(row["best_config"]) == {"finetune.lr"} and "test/acc" in row
         assert cells[cell.id].data.tags["ltbias.cell"] == cell.id
@@ -187,7 +188,7 @@ def test_two_cells_of_three_optuna_trials_run_into_mlflow_and_optuna(local_ray, 
     assert {r["cell"]: r["metric"] for r in again.rows} == {r["cell"]: r["metric"] for r in outcome.rows}
     for cell in plan.cells:
         study = optuna.load_study(study_name=f"{plan.study.name}/{cell.id}",
-                                  storage=plan.optuna_storage)
+                                  storage=open_optuna_storage(plan.optuna_storage))
         assert len(study.trials) == 3
 
     with pytest.raises(ValueError, match="--resume"):  # a second fresh run would mix the two
@@ -312,5 +313,6 @@ def test_crashing_trial_is_retried_in_its_run_or_marked_failed(local_ray, tmp_pa
         assert steps == [1]
         row = outcome.rows[0]
         assert not row["selected"] and row["n_failed"] == 1
-        study = optuna.load_study(study_name=f"{plan.study.name}/c00", storage=plan.optuna_storage)
+        study = optuna.load_study(study_name=f"{plan.study.name}/c00",
+                                  storage=open_optuna_storage(plan.optuna_storage))
         assert [t.state for t in study.trials] == [TrialState.FAIL]

@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from platform.paths import open_optuna_storage
 from platform.plan import apply_params
 from plans import plan_from_text
 from platform.searcher import (META_KEY, STAGE1_CELL, CellSearcher, get_path, optuna_distributions,
@@ -57,7 +58,8 @@ def _suggest_all(searcher: CellSearcher, n: int, start: int = 0) -> list[tuple[s
 
 
 def _optuna_trials(plan, cell_id: str) -> list:
-    study = optuna.load_study(study_name=f"{plan.study.name}/{cell_id}", storage=plan.optuna_storage)
+    study = optuna.load_study(study_name=f"{plan.study.name}/{cell_id}",
+                              storage=open_optuna_storage(plan.optuna_storage))
     return study.get_trials(deepcopy=False)
 
 
