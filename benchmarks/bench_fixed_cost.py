@@ -123,9 +123,9 @@ def warm_second_study(workdir: Path) -> dict:
 
 def run(workdir: Path, quick: bool = False) -> dict:
     """Alternate ours / peer processes; ratio of the medians of (start-up + tear-down)."""
-    from benchmarks.studies import warm_cache
+    from benchmarks.studies import warm_zoo
 
-    warm_cache(study_plan("stage1", workdir, workdir / "fixed-zoo-warmup", samples=1, epochs=1))
+    warm_zoo(study_plan("stage1", workdir, workdir / "fixed-zoo-warmup", samples=1, epochs=1))
     repeats = 1 if quick else 3
     sides: dict[str, list[dict]] = {"ours": [], "peer": []}
     for rep in range(repeats):

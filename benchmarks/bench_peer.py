@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from benchmarks import main_of, median, result, rounded
-from benchmarks.studies import run_ours, run_peer, start_ray, study_plan, warm_cache
+from benchmarks.studies import run_ours, run_peer, start_ray, study_plan, warm_cache, warm_zoo
 
 NAME = "peer"
 
@@ -40,6 +40,8 @@ def run(workdir: Path, quick: bool = False) -> dict:
                 plan = study_plan(kind, workdir, folder, **size)
                 if kind == "stage2" and warm_s is None:
                     warm_s = warm_cache(plan)
+                elif kind == "stage1" and rep == 0:
+                    warm_zoo(plan)
                 order = ("ours", "peer") if rep % 2 == 0 else ("peer", "ours")
                 for side in order:
                     out = run_ours(plan) if side == "ours" else run_peer(plan, folder)

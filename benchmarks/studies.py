@@ -80,7 +80,8 @@ tracking_uri: sqlite:///{folder}/mlflow.db
 
 def study_plan(kind: str, workdir: Path, folder: Path, *, samples: int, epochs: int = 1,
                concurrency: int = 2, name: str | None = None) -> Any:
-    """The plan of study ``kind`` writing under ``folder``; zoo and stage-1 cache shared in ``workdir``."""
+    """The plan of study ``kind`` writing under ``folder``; the zoo (and, for ``stage2``, the
+    stage-1 cache) shared in ``workdir``; a ``stage1`` study's cache is its own, so it trains."""
     from platform.plan import make_plan
     from platform.spec import load_study
 
@@ -91,7 +92,9 @@ def study_plan(kind: str, workdir: Path, folder: Path, *, samples: int, epochs: 
         pretrain=json.dumps(TOY_PRETRAIN), world2=json.dumps(STAGE2_WORLD),
         pretrain_top=json.dumps({**TOY_PRETRAIN, "view": "top"}),
         pretrain_bottom=json.dumps({**TOY_PRETRAIN, "view": "bottom"}), epochs=epochs, samples=samples, concurrency=concurrency,
-        zoo=workdir / "zoo", cache=workdir / "cache", folder=folder), encoding="utf-8")
+        zoo=workdir / "zoo", folder=folder,
+        # stage-2 studies share one warm stage-1 cache; a stage-1 study trains into its own
+        cache=workdir / "cache" if kind == "stage2" else folder / "cache"), encoding="utf-8")
     return make_plan(load_study(path), str(path))
 
 
@@ -103,6 +106,22 @@ def warm_cache(plan: Any) -> float:
     start = time.perf_counter()
     for config in plan.prerequisites:
         run_trial(copy.deepcopy(config), NullReporter())
+    return time.perf_counter() - start
+
+
+def warm_zoo(plan: Any) -> float:
+    """Pre-train the plan's toy backbones into the shared zoo now (one fine-tune of its first cell
+    into a throwaway cache, in this process), so that no timed trial pre-trains; seconds."""
+    import tempfile
+
+    from benchmarks.bench_throughput import NullReporter
+    from trainables.trainable import run_trial
+
+    start = time.perf_counter()
+    config = copy.deepcopy(plan.cells[0].base_config)
+    with tempfile.TemporaryDirectory(prefix="bench-zoo-warmup-") as tmp:
+        config["runtime"]["cache_dir"] = tmp
+        run_trial(config, NullReporter())
     return time.perf_counter() - start
 
 
