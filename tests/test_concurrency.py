@@ -1,4 +1,4 @@
-"""Stage-2 trials keep every allowed slot busy (issue 15, the stall).
+"""Issue 15: stage-2 trials keep every allowed slot busy (the stall); no empty checkpoints.
 
 A post-hoc search emitted behind its stage-1 prerequisites must not run on one Ray worker: when
 the searcher held stage-2 trials back until stage 1 finished, Tune kept one worker and every
@@ -72,3 +72,17 @@ def test_stage2_search_keeps_both_slots_busy(tmp_path):
     assert len(pids) == plan.total_trials
     per_worker = collections.Counter(pids.values())
     assert max(per_worker.values()) <= 0.75 * plan.total_trials, per_worker
+
+
+def test_a_report_with_nothing_to_checkpoint_sends_no_checkpoint(tmp_path):
+    from trainables.trainable import report
+
+    sent = []
+
+    class Keep:
+        def report(self, metrics, checkpoint_dir):
+            sent.append((metrics, sorted(os.listdir(checkpoint_dir)) if checkpoint_dir else None))
+
+    report(Keep(), {"val/acc": 0.5}, lambda d: None)  # a stage-2 trial without artifacts
+    report(Keep(), {"val/acc": 0.6}, lambda d: open(os.path.join(d, "state.pt"), "w").close())
+    assert sent == [({"val/acc": 0.5}, None), ({"val/acc": 0.6}, ["state.pt"])]
