@@ -87,7 +87,8 @@ def timed_trainable(log_path: str) -> Callable[[dict], None]:
             T.train_one_epoch = originals["train_one_epoch"]
             T.save_checkpoint = originals["save_checkpoint"]
             T.write_artifacts = originals["write_artifacts"]
-            line = {"trial_id": _tune.get_context().get_trial_id(), "pid": os.getpid(), "start": t0,
+            line = {"trial_id": _tune.get_context().get_trial_id(), "pid": os.getpid(),
+                    "method": (config.get("method") or {}).get("name"), "start": t0,
                     "end": _time.time(), "inside_s": inside, **spent}
             with open(log_path, "a", encoding="utf-8") as f:
                 f.write(_json.dumps(line) + "\n")

@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HTML file to write (default: <outputs>/reports/<study>.html)")
     p.add_argument("--mlflow-url", metavar="URL", default=None,
                    help="base URL of the MLflow UI the report links to (default http://127.0.0.1:5000)")
-    p.add_argument("--optuna-storage", metavar="URL",
-                   help="RDB of the cells' Optuna studies (default: optuna.db next to the tracking DB)")
+    p.add_argument("--optuna-storage", metavar="PATH_OR_URL",
+                   help="journal file or RDB URL of the cells' Optuna studies (default: "
+                        "optuna.journal.log next to the tracking DB)")
     p.add_argument("--objective", metavar="METRIC",
                    help="selection metric on the validation split (default: the study's search.metric, else val/acc)")
     p.add_argument("--mode", choices=["max", "min"], help="direction of --objective (default: the study's search.mode)")

@@ -5,17 +5,21 @@
 1. the plan's prerequisite stage-1 trials (cell id ``stage1``), which fill the stage-1 cache that
    post-hoc and ensemble cells read;
 2. each cell's trials. A cell with a search space gets its own Optuna study
-   (``<study>/<cell id>``) in the plan's RDB storage; ``study.ask`` proposes parameters that are
+   (``<study>/<cell id>``) in the plan's Optuna storage (a journal file); ``study.ask`` proposes parameters that are
    written into the cell's base trial config by dotted path. A ``train`` cell runs each Optuna
    trial once per seed (a *seed group*); Optuna is told the mean of the group's final metric once
    the whole group has finished. Members that errored or never reported the metric are left out of
    the mean; a group with no usable member is told FAIL. Post-hoc and ensemble cells run one Tune
-   trial per Optuna trial (the trainable evaluates all seeds itself) and wait until every
-   prerequisite trial has finished.
+   trial per Optuna trial (the trainable evaluates all seeds itself). They are emitted as soon
+   as every prerequisite has been emitted, without waiting for the prerequisites to finish: a
+   stage-2 trial that needs a stage-1 entry still being trained waits on that entry's cache lock
+   (or trains a missing one itself; the prerequisite trial then replays it). Returning None from
+   ``suggest`` while prerequisites run would let Tune drop to one worker for the rest of the
+   study, because short stage-2 trials finish before a new worker process has started.
 
 Trial configs stay valid ``TrialConfig`` dicts plus one top-level key, ``ltbias`` (cell, stage,
 optuna_trial, seed), that the trainable strips before validating and that tracking and reporting
-read. The searcher's bookkeeping is pickled by ``save``; Optuna's state lives in its RDB, so
+read. The searcher's bookkeeping is pickled by ``save``; Optuna's state lives in its storage, so
 ``Tuner.restore`` continues where the study stopped without rerunning a finished trial.
 
 Crash safety: the Optuna studies of one execution are named ``<study>/<execution>/<cell id>``
@@ -43,6 +47,7 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from platform.paths import open_optuna_storage
 from platform.plan import apply_params
 from platform.retry import retry, sqlite_engine_kwargs
 from platform.space import grid_values, kind_of, sample
@@ -246,11 +251,10 @@ class CellSearcher(Searcher):
             raise ValueError(f"cell id {STAGE1_CELL!r} is reserved for stage-1 prerequisites")
         self._state = {cid: _CellState() for cid in self._cells}
         self._prereq_emitted = 0
-        self._prereq_done: set[str] = set()
         self._trials: dict[str, tuple[str, int]] = {}  # Tune trial id -> (cell id, group index)
         self._completed: set[str] = set()
         self._optuna: dict[str, optuna.Study] = {}  # opened lazily; never pickled
-        self._rdb: optuna.storages.RDBStorage | None = None  # one engine for every call; never pickled
+        self._rdb: optuna.storages.BaseStorage | None = None  # opened once; never pickled
 
     # ------------------------------------------------------------------ Tune hooks
 
@@ -265,7 +269,10 @@ class CellSearcher(Searcher):
         return plan_num_trials(self._plan)
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        """The next trial config, None while post-hoc cells wait for stage 1, FINISHED at the end."""
+        """The next trial config (prerequisites first, then cells in order), FINISHED at the end.
+
+        Never None: every allowed slot gets a trial, so Tune keeps one worker per slot busy.
+        """
         if self._prereq_emitted < len(self._prereqs):
             index = self._prereq_emitted
             self._prereq_emitted += 1
@@ -274,15 +281,10 @@ class CellSearcher(Searcher):
             config[META_KEY] = {"cell": STAGE1_CELL, "stage": 1, "optuna_trial": None,
                                 "seed": config.get("seed"), "group": index}
             return config
-        waiting = False
-        for cid, cell in self._cells.items():
-            if self._exhausted(cid):
-                continue
-            if _field(cell, "kind", "train") != "train" and not self._stage1_finished():
-                waiting = True
-                continue
-            return self._next_of_cell(cid, trial_id)
-        return None if waiting else Searcher.FINISHED
+        for cid in self._cells:
+            if not self._exhausted(cid):
+                return self._next_of_cell(cid, trial_id)
+        return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -292,7 +294,6 @@ class CellSearcher(Searcher):
         self._completed.add(trial_id)
         cid, gindex = self._trials[trial_id]
         if cid == STAGE1_CELL:
-            self._prereq_done.add(trial_id)
             return
         value = None if error else _finite(result, self._metric)
         group = self._state[cid].groups[gindex]
@@ -303,7 +304,7 @@ class CellSearcher(Searcher):
     # ------------------------------------------------------------------ persistence
 
     def get_state(self) -> dict:
-        """Bookkeeping only; Optuna's trials live in its RDB storage."""
+        """Bookkeeping only; Optuna's trials live in its storage."""
         return {k: v for k, v in self.__dict__.items() if k not in ("_optuna", "_plan", "_rdb")}
 
     def set_state(self, state: dict) -> None:
@@ -314,12 +315,10 @@ class CellSearcher(Searcher):
         self._orphans = {}
         self._adopt_orphans()
 
-    def rdb(self) -> "optuna.storages.RDBStorage":
-        """The Optuna RDB storage, opened once (a new engine per call costs about 0.3 s)."""
+    def rdb(self) -> "optuna.storages.BaseStorage":
+        """The Optuna storage (journal file or RDB), opened once per process."""
         if self._rdb is None:
-            kwargs = sqlite_engine_kwargs() if str(self._storage).startswith("sqlite") else {}
-            self._rdb = retry(optuna.storages.RDBStorage, self._storage, engine_kwargs=kwargs,
-                              what=f"Optuna storage {self._storage}")
+            self._rdb = retry(open_optuna_storage, self._storage, what=f"Optuna storage {self._storage}")
         return self._rdb
 
     def save(self, checkpoint_path: str) -> None:
@@ -334,7 +333,7 @@ class CellSearcher(Searcher):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_optuna"] = {}  # SQLAlchemy engines do not pickle; reopened from the RDB on use
+        state["_optuna"] = {}  # storage handles do not pickle; reopened on use
         state["_rdb"] = None
         return state
 
@@ -345,7 +344,7 @@ class CellSearcher(Searcher):
         return self._trials.get(trial_id)
 
     def optuna_study(self, cell_id: str) -> optuna.Study:
-        """The cell's Optuna study, created in the RDB on first use."""
+        """The cell's Optuna study, created in the storage on first use."""
         if cell_id not in self._optuna:
             cell = self._cells[cell_id]
             space = _field(cell, "space", None) or {}
@@ -381,10 +380,6 @@ class CellSearcher(Searcher):
         return optuna_study_name(self._study, cell_id, getattr(self, "_execution", None))
 
     # ------------------------------------------------------------------ internals
-
-    def _stage1_finished(self) -> bool:
-        return (self._prereq_emitted == len(self._prereqs)
-                and len(self._prereq_done) == len(self._prereqs))
 
     def _exhausted(self, cid: str) -> bool:
         st = self._state[cid]

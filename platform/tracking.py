@@ -24,6 +24,7 @@ import re
 import subprocess
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -375,17 +376,51 @@ class StudyTracker:
 
 
 class MLflowStudyCallback(Callback):
-    """Ray Tune callback logging a study to MLflow as study > cell > trial runs."""
+    """Ray Tune callback logging a study to MLflow as study > cell > trial runs.
+
+    Trial-level logging runs off Tune's event loop, on one background thread that performs the
+    calls in the order Tune made them; the loop only reads what it must from the trial (config,
+    result, checkpoint path, error text) and goes on. ``flush`` waits for the queue and raises
+    the first error a logging call hit; ``get_state``, ``interrupt``, ``finish`` and the end of
+    the experiment flush first.
+    """
 
     def __init__(self, tracking_uri: str, plan: Any, experiment_path: str, *, resume: bool = False):
         self.tracker = StudyTracker(tracking_uri, plan, experiment_path, resume=resume)
         self.plan = plan
         self._open: set[str] = set()  # trial runs started and not yet finished or failed
+        self._worker: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+
+    def __getstate__(self) -> dict:
+        self.flush()
+        state = dict(self.__dict__)
+        state["_worker"], state["_pending"] = None, []  # a thread does not pickle (Tuner.restore)
+        return state
 
     @property
     def study_run_id(self) -> str | None:
         """The study run of this execution (after ``setup``)."""
         return self.tracker.study_run_id
+
+    # ------------------------------------------------------------------ the logging thread
+
+    def _submit(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` on the logging thread, after every call submitted before it."""
+        if getattr(self, "_worker", None) is None:  # None after unpickling (or an older pickle)
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ltbias-mlflow")
+        self._pending = [f for f in getattr(self, "_pending", [])
+                         if not f.done() or f.exception() is not None]
+        self._pending.append(self._worker.submit(fn, *args))
+
+    def flush(self) -> None:
+        """Wait until every submitted logging call has run; raise the first error one of them hit."""
+        pending, self._pending = getattr(self, "_pending", []), []
+        errors = [exc for f in pending if (exc := f.exception()) is not None]
+        if errors:
+            raise errors[0]
+
+    # ------------------------------------------------------------------ Tune hooks
 
     def setup(self, stop: Any = None, num_samples: int | None = None,
               total_num_samples: int | None = None, **info: Any) -> None:
@@ -394,17 +429,43 @@ class MLflowStudyCallback(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Create or reopen the trial's run (a retried trial keeps its run)."""
-        self._open.add(self.tracker.trial_run(trial.trial_id, trial.config))
+        self._submit(self._start, trial.trial_id, trial.config)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         """Log the report's metrics at step = epoch."""
-        self.tracker.log_result(self.tracker.trial_run(trial.trial_id, trial.config), result)
+        self._submit(self._result, trial.trial_id, trial.config, dict(result))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Log the final checkpoint's ``artifacts/`` and mark the run FINISHED."""
-        run_id = self.tracker.trial_run(trial.trial_id, trial.config)
-        checkpoint = trial.checkpoint
+        self._submit(self._complete, trial.trial_id, trial.config, trial.checkpoint)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Mark the run FAILED with the error's first line (after Tune's retries are used up)."""
+        self._submit(self._error, trial.trial_id, trial.config, error_summary(trial))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Note a retry on the trial's run; the same run continues."""
+        self._submit(self._recover, trial.trial_id, trial.config, trial.num_failures,
+                     error_summary(trial))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Let every queued logging call finish before Tune returns; stop the logging thread."""
+        self.flush()
+        if getattr(self, "_worker", None) is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
+
+    # ------------------------------------------------------------------ on the logging thread
+
+    def _start(self, trial_id: str, config: dict) -> None:
+        self._open.add(self.tracker.trial_run(trial_id, config))
+
+    def _result(self, trial_id: str, config: dict, result: dict) -> None:
+        self.tracker.log_result(self.tracker.trial_run(trial_id, config), result)
+
+    def _complete(self, trial_id: str, config: dict, checkpoint: Any) -> None:
+        run_id = self.tracker.trial_run(trial_id, config)
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 artifacts = Path(folder, "artifacts")
@@ -413,21 +474,22 @@ class MLflowStudyCallback(Callback):
         self.tracker.end(run_id, "FINISHED")
         self._open.discard(run_id)
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """Mark the run FAILED with the error's first line (after Tune's retries are used up)."""
-        run_id = self.tracker.trial_run(trial.trial_id, trial.config)
-        self.tracker.client.set_tag(run_id, "ltbias.error", _tag_value(error_summary(trial)))
+    def _error(self, trial_id: str, config: dict, summary: str) -> None:
+        run_id = self.tracker.trial_run(trial_id, config)
+        self.tracker.client.log_batch(run_id, tags=[RunTag("ltbias.error", _tag_value(summary))],
+                                      synchronous=True)
         self.tracker.end(run_id, "FAILED")
         self._open.discard(run_id)
 
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """Note a retry on the trial's run; the same run continues."""
-        run_id = self.tracker.trial_run(trial.trial_id, trial.config)
-        self.tracker.client.set_tag(run_id, "ltbias.retries", str(trial.num_failures))
-        self.tracker.client.set_tag(run_id, "ltbias.last_error", _tag_value(error_summary(trial)))
+    def _recover(self, trial_id: str, config: dict, failures: int, summary: str) -> None:
+        run_id = self.tracker.trial_run(trial_id, config)
+        self.tracker.client.log_batch(run_id, tags=[RunTag("ltbias.retries", str(failures)),
+                                                    RunTag("ltbias.last_error", _tag_value(summary))],
+                                      synchronous=True)
 
     def interrupt(self) -> None:
         """Mark the study, its cells and unfinished trials KILLED (``--resume`` reopens them)."""
+        self.flush()
         for run_id in sorted(self._open):
             self.tracker.end(run_id, "KILLED")
         self._open.clear()
@@ -437,6 +499,7 @@ class MLflowStudyCallback(Callback):
 
     def finish(self, rows: list[dict], failed_trials: int, status: str = "FINISHED") -> None:
         """Log each cell's selected configuration to its run and close the cell and study runs."""
+        self.flush()
         metric = self.plan.metric
         for row in rows:
             run_id = self.tracker.cell_run(str(row["cell"]))
@@ -461,6 +524,7 @@ class MLflowStudyCallback(Callback):
 
     def get_state(self) -> dict | None:
         """Run ids known so far (a resumed driver would find them by tag anyway)."""
+        self.flush()
         return {"study_run_id": self.tracker.study_run_id,
                 "cell_runs": dict(self.tracker._cell_runs),
                 "trial_runs": dict(self.tracker._trial_runs)}

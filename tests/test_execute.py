@@ -22,7 +22,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from platform.execute import CellASHAScheduler, read_execution, run_study, select_rows
 from platform.errors import EnvironmentFailure
-from platform.paths import REPO_ROOT
+from platform.paths import REPO_ROOT, open_optuna_storage
 from platform.plan import make_plan
 from platform.progress import ProgressCallback
 from platform.searcher import META_KEY, optuna_study_name
@@ -75,7 +75,7 @@ def _optuna_study(plan, cell_id: str) -> optuna.Study:
     """The cell's Optuna study of the plan's (latest) execution."""
     execution = read_execution(Path(plan.storage) / plan.study.name)
     return optuna.load_study(study_name=optuna_study_name(plan.study.name, cell_id, execution),
-                             storage=plan.optuna_storage)
+                             storage=open_optuna_storage(plan.optuna_storage))
 
 
 def _runs_by_level(plan) -> dict[str, list]:

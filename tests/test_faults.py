@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -352,9 +351,12 @@ def test_driver_sigkilled_then_resume_finishes_without_rerunning_or_duplicating(
         assert max(epochs_of(rows)) == TOY_STUDY["finetune"]["epochs"] and "test/acc" in rows[-1]
     assert_one_finished_run_per_trial(trial_runs(tracking, "driver-kill"), set(after))
     # Optuna continued the same study: as many Optuna trials as planned, not one more.
-    with sqlite3.connect(outputs / "optuna.db") as db:
-        counts = dict(db.execute("SELECT s.study_name, COUNT(t.trial_id) FROM studies s "
-                                 "JOIN trials t ON t.study_id = s.study_id GROUP BY s.study_name"))
+    import optuna
+
+    from platform.paths import open_optuna_storage
+    summaries = optuna.get_all_study_summaries(
+        storage=open_optuna_storage(str(outputs / "optuna.journal.log")))
+    counts = {s.study_name: s.n_trials for s in summaries}
     assert list(counts.values()) == [samples], counts
 
 

@@ -130,10 +130,10 @@ def test_plan_carries_metric_resources_hash_and_optuna_storage(tmp_path):
                    f"search: {{metric: val/bal_acc, mode: max}}\n")
     assert plan.resources == {"cpu": 0.5, "gpu": 0.25} and plan.max_concurrent == 3
     assert (plan.metric, plan.mode) == ("val/bal_acc", "max")
-    assert plan.optuna_storage == f"sqlite:///{tmp_path}/db/optuna.db"
+    assert plan.optuna_storage == f"{tmp_path}/db/optuna.journal.log"
     assert plan.spec_hash == plan.study.spec_hash() and len(plan.spec_hash) == 64
     remote = plan_of(f"name: p\ntracking_uri: http://mlflow:5000\nstorage: {tmp_path}/runs\n")
-    assert remote.optuna_storage == f"sqlite:///{tmp_path}/runs/optuna.db"
+    assert remote.optuna_storage == f"{tmp_path}/runs/optuna.journal.log"
 
 
 def test_repeated_axis_value_is_a_duplicate_cell_naming_axis_and_value():

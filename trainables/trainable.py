@@ -494,12 +494,16 @@ def calibrated_zero_shot(r: Stage1Result, split: str) -> np.ndarray | None:
 
 
 def report(reporter: Reporter | None, metrics: dict, write_checkpoint: Callable[[str], None]) -> None:
-    """Send ``metrics`` with a fresh checkpoint directory filled by ``write_checkpoint``; no-op without reporter."""
+    """Send ``metrics`` with a fresh checkpoint directory filled by ``write_checkpoint``; no-op without reporter.
+
+    A directory left empty is not sent: under Tune an empty checkpoint still costs a copy to
+    storage and its bookkeeping (about 0.1 s per stage-2 trial without artifacts).
+    """
     if reporter is None:
         return
     with tempfile.TemporaryDirectory(prefix="ltbias-ckpt-") as d:
         write_checkpoint(d)
-        reporter.report(dict(metrics), d)
+        reporter.report(dict(metrics), d if os.listdir(d) else None)
 
 
 def save_checkpoint(d: str, model: nn.Module, names: list[str], opt, sched, scaler, epoch: int,
