@@ -166,7 +166,7 @@ def test_a_resumed_sampler_proposes_what_an_uninterrupted_one_does(tmp_path):
     after = _lrs(resumed, 4, start=4)
     assert before + after == clean
     assert len(optuna.load_study(study_name="searcher-test/crashed/c00",
-                                 storage=plan.optuna_storage).trials) == 6
+                                 storage=open_optuna_storage(plan.optuna_storage)).trials) == 6
 
 
 def test_executions_have_their_own_optuna_studies_and_none_is_deleted(plan):
@@ -174,9 +174,9 @@ def test_executions_have_their_own_optuna_studies_and_none_is_deleted(plan):
     _suggest_all(s1, 3)
     s2 = CellSearcher(plan, execution="second")
     b = _suggest_all(s2, 3)
-    names = {s.study_name for s in optuna.get_all_study_summaries(plan.optuna_storage)}
+    names = {s.study_name for s in optuna.get_all_study_summaries(open_optuna_storage(plan.optuna_storage))}
     assert {"searcher-test/first/c00", "searcher-test/second/c00"} <= names
-    first = optuna.load_study(study_name="searcher-test/first/c00", storage=plan.optuna_storage)
+    first = optuna.load_study(study_name="searcher-test/first/c00", storage=open_optuna_storage(plan.optuna_storage))
     assert len(first.trials) == 1 and first.trials[0].params["finetune.lr"] == b[2][1]["finetune"]["lr"]
 
 
