@@ -36,12 +36,9 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from platform.plan import apply_params
-
-META_KEY = "ltbias"
-"""Top-level trial-config key carrying the trial's place in the study; never part of TrialConfig."""
-
-STAGE1_CELL = "stage1"
-"""Cell id of the plan's prerequisite stage-1 trials."""
+from trainables.contract import (META_KEY, STAGE1_CELL, Envelope, strip_meta, trial_meta,
+                                 with_envelope)
+from trainables.selection import finite
 
 SPACE_KINDS = ("int", "float", "logfloat", "categorical", "subset", "simplex")
 
@@ -60,17 +57,6 @@ def get_path(config: dict, path: str, default: Any = None) -> Any:
         except (KeyError, IndexError, ValueError, TypeError):
             return default
     return node
-
-
-def trial_meta(config: dict) -> dict:
-    """The ``ltbias`` block of a Tune trial config ({} for a config the searcher did not make)."""
-    meta = config.get(META_KEY) if isinstance(config, dict) else None
-    return meta if isinstance(meta, dict) else {}
-
-
-def strip_meta(config: dict) -> dict:
-    """A copy of a Tune trial config without the ``ltbias`` key: a plain TrialConfig dict."""
-    return {k: v for k, v in config.items() if k != META_KEY}
 
 
 # --------------------------------------------------------------------------- search spaces
@@ -251,8 +237,7 @@ class CellSearcher(Searcher):
             self._prereq_emitted += 1
             self._trials[trial_id] = (STAGE1_CELL, index)
             config = copy.deepcopy(self._prereqs[index])
-            config[META_KEY] = {"cell": STAGE1_CELL, "stage": 1, "optuna_trial": None,
-                                "seed": config.get("seed"), "group": index}
+            with_envelope(config, Envelope(STAGE1_CELL, 1, group=index, seed=config.get("seed")))
             return config
         waiting = False
         for cid, cell in self._cells.items():
@@ -403,8 +388,8 @@ class CellSearcher(Searcher):
             config = copy.deepcopy(base)
             if seed is not None:
                 config["seed"] = int(seed)
-            config[META_KEY] = {"cell": cid, "stage": 1 if _field(cell, "kind") == "train" else 2,
-                                "optuna_trial": number, "seed": seed, "group": gindex}
+            with_envelope(config, Envelope(cid, 1 if _field(cell, "kind") == "train" else 2,
+                                           group=gindex, optuna_trial=number, seed=seed))
             configs.append(config)
         return configs
 
@@ -431,13 +416,6 @@ class CellSearcher(Searcher):
                     study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
                     # never evaluated: propose it again (a grid sampler counts FAIL as visited)
                     study.enqueue_trial(t.params, skip_if_exists=False)
-
-
-def finite(value: Any) -> float | None:
-    """``value`` as a float when it is a finite number (not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 def _finite(result: dict | None, metric: str) -> float | None:

@@ -23,5 +23,7 @@ def _gla(logits: torch.Tensor, cfg: MethodConfig, train_counts: np.ndarray,
     return _posthoc_la(logits, cfg, train_counts, None) - log_prior(q_hat).to(logits.device, logits.dtype)
 
 
-register(Method("posthoc_la", "posthoc", adjust_fn=_posthoc_la, doc=_posthoc_la.__doc__ or ""))
-register(Method("gla", "posthoc", adjust_fn=_gla, needs_prior=True, doc=_gla.__doc__ or ""))
+register(Method("posthoc_la", "posthoc", adjust_fn=_posthoc_la, params=("tau", "base_method"),
+                doc=_posthoc_la.__doc__ or ""))
+register(Method("gla", "posthoc", adjust_fn=_gla, needs_prior=True, params=("tau", "base_method"),
+                doc=_gla.__doc__ or ""))
