@@ -71,7 +71,7 @@ def build_report(data: StudyData, *, objective: str = "val/acc", mode: str = "ma
     study in it) importances are computed on a study rebuilt from the MLflow runs.
     """
     trials = usable(data.trials, objective)
-    axes = grid_axes(trials) if not trials.empty else []
+    axes = grid_axes(data.grid_columns, trials) if not trials.empty else []
     series_axes = [a for a in axes if a != IMBALANCE]
     labels = _series_labels(trials, series_axes)
     colours = charts.color_map(labels)

@@ -114,6 +114,10 @@ class Tag:
 #: ``Tag.EXPERIMENT_KIND`` value for training runs: the experiment opens on its runs table.
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
 
+#: Query of our links into the MLflow UI (3.x): its machine-learning view, whose experiment page is
+#: the runs table (the UI's default workflow, GenAI, opens experiments on Traces).
+UI_QUERY = "workflowType=machine_learning"
+
 #: Study-run param prefix of the grid axes: ``grid.<study path>`` = the axis' values.
 GRID_PARAM_PREFIX = "grid."
 SPEC_ARTIFACT_DIR, SPEC_FILE = "spec", "study.yaml"
@@ -236,6 +240,6 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
 __all__ = ["DISPLAY_DIGITS", "ENSEMBLE_SECTIONS", "EXPERIMENT_KIND_TRAINING", "Envelope",
            "GRID_PARAM_PREFIX", "HEADLINE_METRICS", "Level", "META_KEY", "STAGE1_CELL",
            "SPEC_ARTIFACT_DIR", "SPEC_FILE", "SUMMARY_ARTIFACT_DIR", "SUMMARY_FILE", "Tag",
-           "TRIAL_ARTIFACT_DIR", "display", "flatten", "grid_run_name", "method_fields",
+           "TRIAL_ARTIFACT_DIR", "UI_QUERY", "display", "flatten", "grid_run_name", "method_fields",
            "strip_meta", "trial_meta", "trial_params", "trial_run_name", "trial_tags",
            "with_envelope"]
