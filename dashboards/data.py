@@ -151,9 +151,14 @@ def _with_grid_values(trials: pd.DataFrame, cells: pd.DataFrame, axes: list[str]
     columns = {}
     for axis in axes:
         column = PARAM_PREFIX + axis
-        values = [by_cell[column].get(c) if c in by_cell.index else None for c in trials["cell"]]
+        values = [_python(by_cell[column].get(c)) if c in by_cell.index else None for c in trials["cell"]]
         columns[column] = pd.Series(values, index=trials.index, dtype=_dtype(values))
     return trials.assign(**columns)
+
+
+def _python(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (pandas stores ints as numpy.int64)."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, (list, dict, str)) else value
 
 
 def _dtype(values: list) -> str:
