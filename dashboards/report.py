@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jinja2
 import pandas as pd
@@ -23,7 +23,8 @@ from dashboards import charts
 from dashboards.cells import CellSearch, analyse_cell
 from dashboards.charts import Axis, Chart, Series, Stat
 from dashboards.data import StudyData, experiment_url, run_url
-from dashboards.summary import (BACKDOOR, CONFOUNDERS, GROUPS, IMBALANCE, METHOD, PERCENT,
+from trainables.registry import Registry
+from dashboards.summary import (BACKDOOR, CONFOUNDERS, EFFECTIVE_M, GROUPS, IMBALANCE, METHOD, PERCENT,
                                 WEIGHTING, axis_name, grid_axes, searched_params, select,
                                 series_label, usable)
 
@@ -77,17 +78,13 @@ def build_report(data: StudyData, *, objective: str = "val/acc", mode: str = "ma
     colours = charts.color_map(labels)
     storage = optuna_storage
     ir_main = _largest(trials, IMBALANCE)
-    ctx = _Context(trials, objective, mode, metric, series_axes, colours, ir_main)
-    sections = [
-        _overview_section(ctx),
-        _groups_section(ctx),
-        _backdoor_section(ctx),
-        _search_section(ctx, data.study, storage),
-    ]
+    ctx = _Context(trials, objective, mode, metric, series_axes, colours, ir_main, data.study, storage)
+    sections = [build(ctx) for _, build in SECTIONS.items()]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
     table_params = [c for c in searched_params(trials)] if not trials.empty else []
-    return env.get_template("report.html.j2").render(
+    cells = _cell_table(ctx, data, axes, ui_url)
+    return env.get_template("report.html.j2").render(cells=cells,
         data=data, sections=sections, objective=objective, mode=mode, metric=metric,
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         study_url=run_url(ui_url, data.experiment_id, data.study_run_id),
@@ -105,6 +102,12 @@ class _Context:
     series_axes: list[str]
     colours: dict[str, str]
     ir_main: float | None
+    study: str = ""
+    optuna_storage: str | None = None
+
+
+#: The report's sections, in page order: each a function ``(context) -> Section`` registered here.
+SECTIONS: Registry[Callable[[_Context], Section]] = Registry("report section")
 
 
 def _metric_label(metric: str) -> str:
@@ -162,6 +165,7 @@ def _ordered(labels: Sequence[str], ctx: _Context) -> list[str]:
     return sorted(labels, key=lambda s: order.index(s) if s in order else len(order))
 
 
+@SECTIONS.register("accuracy")
 def _overview_section(ctx: _Context) -> Section:
     section = Section("accuracy", "Accuracy vs downstream imbalance",
                       f"Each point is the configuration selected on {ctx.objective} ({ctx.mode}) within its cell; "
@@ -186,6 +190,7 @@ def _at_main_ir(ctx: _Context) -> tuple[pd.DataFrame, str]:
     return ctx.trials[ctx.trials[IMBALANCE] == ctx.ir_main], f" at downstream IR = {charts.fmt(ctx.ir_main)}"
 
 
+@SECTIONS.register("groups")
 def _groups_section(ctx: _Context) -> Section:
     frame, where = _at_main_ir(ctx)
     section = Section("groups", "Data- vs parameter-imbalance groups" + where,
@@ -229,6 +234,7 @@ def _heatmaps(ctx: _Context, frame: pd.DataFrame, where: str) -> list[Figure]:
     return figures
 
 
+@SECTIONS.register("backdoor")
 def _backdoor_section(ctx: _Context) -> Section:
     section = Section("backdoor", "Backdoor adjustment: confounder count and weighting",
                       f"Backdoor trials only. At each M (or weighting) the configuration with the best "
@@ -239,9 +245,11 @@ def _backdoor_section(ctx: _Context) -> Section:
     y_label = _metric_label(ctx.metric)
     empty = f"No finished backdoor trial{where} yet (method.name = backdoor)."
     m_chart = w_chart = None
-    if not frame.empty and CONFOUNDERS in frame:
+    # The M a trial used (its strata when set), as the trainable reported it; else the M asked for.
+    m_column = EFFECTIVE_M if EFFECTIVE_M in frame and frame[EFFECTIVE_M].notna().all() else CONFOUNDERS
+    if not frame.empty and m_column in frame:
         extra = [WEIGHTING] if WEIGHTING in frame else []
-        m_stats = _series_stats(ctx, frame, CONFOUNDERS, [ctx.metric], extra_by=extra, drop=[METHOD],
+        m_stats = _series_stats(ctx, frame, m_column, [ctx.metric], extra_by=extra, drop=[METHOD],
                                 empty_label=BACKDOOR)
         palette = charts.color_map(list(m_stats))
         m_chart = charts.line_chart([Series(label, palette[label], {x: v[ctx.metric] for x, v in m_stats[label].items()})
@@ -264,13 +272,14 @@ def _backdoor_section(ctx: _Context) -> Section:
     return section
 
 
-def _search_section(ctx: _Context, study: str, storage: str | None) -> Section:
+@SECTIONS.register("search")
+def _search_section(ctx: _Context) -> Section:
     section = Section("search", "Search: parameter importances and parallel coordinates",
                       f"Per cell with a search space. Importances: Optuna's fANOVA on the cell's study "
                       f"(objective {ctx.objective}). Lines: one per proposal (mean over its seeds).")
     searched_cells = []
     for cell, cell_trials in ctx.trials.groupby("cell", sort=True):
-        analysis = analyse_cell(study, str(cell), cell_trials, ctx.objective, ctx.mode, storage)
+        analysis = analyse_cell(ctx.study, str(cell), cell_trials, ctx.objective, ctx.mode, ctx.optuna_storage)
         # A cell searched when it has searched parameters or more than one proposal.
         if analysis.searched or len(analysis.groups) > 1:
             searched_cells.append(analysis)
@@ -312,6 +321,47 @@ def _axis_kind(values: list[object]) -> str:
         lo, hi = min(present), max(present)  # type: ignore[type-var]
         return "log" if lo > 0 and hi / lo >= 100 else "linear"
     return "cat"
+
+
+def _cell_table(ctx: _Context, data: StudyData, axes: Sequence[str], ui_url: str) -> dict:
+    """One row per grid cell: its selected configuration's ``metric`` (mean ± s.d. over seeds), the
+    margin over the best other method of the same setting (the other grid values equal), the
+    setting's winner, and links to the cell run and its selected trial runs.
+
+    The selected trials are those tracking tagged on the cell run (``ltbias.selected_run``); the
+    numbers come from the same runs, selected again here by the same rule when the tag is missing.
+    """
+    setting_axes = [a for a in axes if a != METHOD]
+    runs = data.cells.set_index("cell") if not data.cells.empty else data.cells
+    rows = []
+    for sel in select(ctx.trials, ["cell"], ctx.objective, ctx.mode):
+        (cell,) = sel.key
+        first = sel.runs.iloc[0]
+        tagged = list(runs.loc[cell, "selected_runs"]) if cell in runs.index else []
+        chosen = tagged or list(sel.runs["run_id"])
+        rows.append({"cell": cell, "cell_url": run_url(ui_url, data.experiment_id, runs.loc[cell, "run_id"])
+                     if cell in runs.index else None,
+                     "values": [_cell(first.get(a)) for a in axes], "method": first.get(METHOD),
+                     "setting": tuple(_cell(first.get(a)) for a in setting_axes),
+                     "objective": sel.stat(ctx.objective), "stat": sel.stat(ctx.metric),
+                     "selected": [(i + 1, run_url(ui_url, data.experiment_id, r)) for i, r in enumerate(chosen)]})
+    for row in rows:
+        others = [o["stat"].mean for o in rows if o["setting"] == row["setting"] and o is not row
+                  and math.isfinite(o["stat"].mean)]
+        best_other = (max if ctx.mode == "max" else min)(others) if others else math.nan
+        row["margin"] = row["stat"].mean - best_other if others else math.nan
+        row["winner"] = bool(others) and (row["margin"] > 0 if ctx.mode == "max" else row["margin"] < 0)
+    rows.sort(key=lambda r: (r["setting"], _method_rank(r["method"]), r["cell"]))
+    return {"columns": [axis_name(a) for a in axes], "rows": [
+        {**r, "objective": _stat_text(r["objective"]), "stat": _stat_text(r["stat"]),
+         "margin": "–" if not math.isfinite(r["margin"]) else f"{r['margin']:+.2f}"} for r in rows]}
+
+
+def _stat_text(st: Stat) -> str:
+    if not math.isfinite(st.mean):
+        return "–"
+    spread = f" ± {st.std:.2f}" if st.std is not None and math.isfinite(st.std) else ""
+    return f"{st.mean:.2f}{spread} (n={st.n})"
 
 
 def _counts(data: StudyData) -> dict[str, int]:

@@ -19,12 +19,15 @@ import pandas as pd
 from dashboards.charts import Stat
 from dashboards.data import PARAM_PREFIX
 from trainables.contract import STAGE1_CELL
-from trainables.selection import select_group
+from trainables.selection import REPLICATES_METRIC, select_group
 
 METHOD = PARAM_PREFIX + "method.name"
 IMBALANCE = PARAM_PREFIX + "dataset.imbalance_ratio"
 CONFOUNDERS = PARAM_PREFIX + "backdoor.confounders"
 WEIGHTING = PARAM_PREFIX + "backdoor.weighting"
+#: Metric a backdoor trial reports: the number of strata it actually combined (``backdoor.strata``
+#: overrides ``backdoor.confounders``), written by trainables.methods.backdoor.
+EFFECTIVE_M = "backdoor/M"
 BACKDOOR = "backdoor"
 GROUPS = ("many", "medium", "few")
 #: Metrics are fractions in [0, 1] (trainables/metrics.py); the report shows percent.
@@ -107,12 +110,16 @@ class Selection:
         if values.empty:
             return Stat(math.nan, None, 0)
         std: float | None = None
+        n = int(len(values))
         if len(values) >= 2:
             std = float(values.std(ddof=1))
         elif metric + "_std" in self.runs:
             reported = self.runs.loc[values.index, metric + "_std"].dropna()
             std = float(reported.iloc[0]) if not reported.empty else None
-        return Stat(float(values.mean()) * scale, None if std is None else std * scale, int(len(values)))
+        if len(values) == 1 and REPLICATES_METRIC in self.runs:  # one run that averaged its seeds
+            seeds = self.runs.loc[values.index, REPLICATES_METRIC].dropna()
+            n = int(seeds.iloc[0]) if not seeds.empty else n
+        return Stat(float(values.mean()) * scale, None if std is None else std * scale, n)
 
 
 def proposal_keys(trials: pd.DataFrame) -> pd.Series:

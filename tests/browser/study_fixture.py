@@ -29,6 +29,7 @@ from trainables.config import TrialConfig
 from trainables.contract import (SPEC_ARTIFACT_DIR, SPEC_FILE, Envelope, Level, Tag, grid_run_name,
                                  trial_params, trial_run_name, trial_tags)
 from trainables.metrics import compute_metrics
+from trainables.selection import REPLICATES_METRIC
 
 C, DIM, K, N_MAX, VAL_PER_CLASS, TEST_PER_CLASS = 12, 16, 3, 200, 10, 30
 EPOCHS, STEPS_PER_EPOCH = 3, 40
@@ -243,6 +244,7 @@ def _backdoor_trial(world: _World, log: _Logger, out: FakeStudy, cell: str, cell
     keys = per_seed[0].keys()
     final = {k: float(np.mean([p[k] for p in per_seed])) for k in keys}
     final.update({f"{k}_std": float(np.std([p[k] for p in per_seed], ddof=1)) for k in keys})
+    final[REPLICATES_METRIC] = float(len(per_seed))
     log.metrics(run, 0, final)
     log.client.set_terminated(run, status="FINISHED")
     out.trial_run_ids.append(run)
