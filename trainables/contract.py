@@ -43,8 +43,9 @@ class Envelope:
 
     ``group`` numbers the configurations of a cell: the replicates (seeds) of one configuration share
     it, and selection compares groups by their mean objective. ``optuna_trial`` is the Optuna trial
-    number (None without a search), ``seed`` the replicate's seed (None when the trial evaluates
-    every seed itself, as post-hoc and ensemble trials do).
+    number (None without a search), ``seed`` the replicate's seed and ``replicate`` its label when
+    replicates vary more than the fine-tuning seed (both None when the trial evaluates every
+    replicate itself, as post-hoc and ensemble trials do).
     """
 
     cell: str
@@ -52,6 +53,7 @@ class Envelope:
     group: int = 0
     optuna_trial: int | None = None
     seed: int | None = None
+    replicate: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form stored under ``META_KEY``."""
@@ -101,6 +103,7 @@ class Tag:
     STAGE = "ltbias.stage"
     GROUP = "ltbias.group"
     SEED = "ltbias.seed"
+    REPLICATE = "ltbias.replicate"
     OPTUNA_TRIAL = "ltbias.optuna_trial"
     LAST_STEP = "ltbias.last_step"
     ERROR = "ltbias.error"
@@ -168,7 +171,9 @@ def trial_run_name(envelope: Mapping[str, Any], trial_id: str, config: Mapping[s
         parts.append(BackboneConfig.model_validate(config.get("backbone") or {}).display())
     else:
         parts.append(f"g{envelope.get('group') or 0}")
-    if envelope.get("seed") is not None:
+    if envelope.get("replicate") is not None:
+        parts.append(str(envelope["replicate"]))
+    elif envelope.get("seed") is not None:
         parts.append(f"seed{envelope['seed']}")
     return " ".join([*parts, trial_id])
 
@@ -176,7 +181,7 @@ def trial_run_name(envelope: Mapping[str, Any], trial_id: str, config: Mapping[s
 def trial_tags(envelope: Mapping[str, Any]) -> dict[str, str]:
     """The envelope as trial-run tags (None fields left out)."""
     names = {"cell": Tag.CELL, "stage": Tag.STAGE, "group": Tag.GROUP, "seed": Tag.SEED,
-             "optuna_trial": Tag.OPTUNA_TRIAL}
+             "replicate": Tag.REPLICATE, "optuna_trial": Tag.OPTUNA_TRIAL}
     return {tag: str(envelope[k]) for k, tag in names.items() if envelope.get(k) is not None}
 
 
