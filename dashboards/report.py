@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from dashboards import charts
 from dashboards.cells import CellSearch, analyse_cell
 from dashboards.charts import Axis, Chart, Series, Stat
-from dashboards.data import StudyData, experiment_url, run_url
+from dashboards.data import PARAM_PREFIX, StudyData, experiment_url, run_url
 from trainables.registry import Registry
 from dashboards.summary import (BACKDOOR, CONFOUNDERS, EFFECTIVE_M, GROUPS, IMBALANCE, METHOD, PERCENT,
                                 WEIGHTING, axis_name, grid_axes, searched_params, select,
@@ -32,8 +32,6 @@ DEFAULT_UI_URL = "http://127.0.0.1:5000"
 REPORT_ARTIFACT_DIR = "report"
 REPORT_FILE = "report.html"
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
-#: Method order in legends and colours: baselines, then post-hoc corrections, then the backdoor.
-METHOD_ORDER = ["ce", "focal", "cb", "ldam_drw", "bs", "la", "gla_train", "crt", "posthoc_la", "gla", "backdoor"]
 #: Columns of the trial table, after run, cell, seed, status and the searched parameters.
 TABLE_METRICS = ["val/acc", "test/acc", "test/bal_acc", "test/d_few", "test/p_few", "test/worst_class_acc"]
 
@@ -74,11 +72,14 @@ def build_report(data: StudyData, *, objective: str = "val/acc", mode: str = "ma
     trials = usable(data.trials, objective)
     axes = grid_axes(data.grid_columns, trials) if not trials.empty else []
     series_axes = [a for a in axes if a != IMBALANCE]
-    labels = _series_labels(trials, series_axes)
+    # Methods in legends, colours and tables: in the order the study's grid lists them.
+    method_order = [str(m) for m in data.grid.get(METHOD[len(PARAM_PREFIX):], [])]
+    labels = _series_labels(trials, series_axes, method_order)
     colours = charts.color_map(labels)
     storage = optuna_storage
     ir_main = _largest(trials, IMBALANCE)
-    ctx = _Context(trials, objective, mode, metric, series_axes, colours, ir_main, data.study, storage)
+    ctx = _Context(trials, objective, mode, metric, series_axes, colours, ir_main, data.study, storage,
+                   method_order)
     sections = [build(ctx) for _, build in SECTIONS.items()]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
@@ -104,6 +105,7 @@ class _Context:
     ir_main: float | None
     study: str = ""
     optuna_storage: str | None = None
+    method_order: list[str] = field(default_factory=list)
 
 
 #: The report's sections, in page order: each a function ``(context) -> Section`` registered here.
@@ -117,16 +119,16 @@ def _metric_label(metric: str) -> str:
     return f"{split} {names.get(name, name)} (%)"
 
 
-def _series_labels(trials: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+def _series_labels(trials: pd.DataFrame, axes: Sequence[str], method_order: Sequence[str]) -> list[str]:
     if trials.empty:
         return []
     rows = trials.drop_duplicates(subset=list(axes) or None)[list(axes)].to_dict("records") if axes else [{}]
-    rows.sort(key=lambda r: (_method_rank(r.get(METHOD)), [str(r.get(a)) for a in axes]))
+    rows.sort(key=lambda r: (_method_rank(r.get(METHOD), method_order), [str(r.get(a)) for a in axes]))
     return list(dict.fromkeys(series_label(r, axes) for r in rows))
 
 
-def _method_rank(name: object) -> int:
-    return METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER)
+def _method_rank(name: object, order: Sequence[str]) -> int:
+    return list(order).index(name) if name in order else len(order)
 
 
 def _largest(trials: pd.DataFrame, column: str) -> float | None:
@@ -351,7 +353,7 @@ def _cell_table(ctx: _Context, data: StudyData, axes: Sequence[str], ui_url: str
         best_other = (max if ctx.mode == "max" else min)(others) if others else math.nan
         row["margin"] = row["stat"].mean - best_other if others else math.nan
         row["winner"] = bool(others) and (row["margin"] > 0 if ctx.mode == "max" else row["margin"] < 0)
-    rows.sort(key=lambda r: (r["setting"], _method_rank(r["method"]), r["cell"]))
+    rows.sort(key=lambda r: (r["setting"], _method_rank(r["method"], ctx.method_order), r["cell"]))
     return {"columns": [axis_name(a) for a in axes], "rows": [
         {**r, "objective": _stat_text(r["objective"]), "stat": _stat_text(r["stat"]),
          "margin": "–" if not math.isfinite(r["margin"]) else f"{r['margin']:+.2f}"} for r in rows]}

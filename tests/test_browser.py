@@ -189,6 +189,43 @@ def _expand_nested_runs(driver: webdriver.Chrome) -> None:
             return
 
 
+def _readable_runs_table(driver: webdriver.Chrome, metrics: tuple[str, ...] = ("val/acc", "test/acc")) -> None:
+    """What a researcher does first in the runs table: close the assistant panel, show the headline
+    metric columns instead of Dataset/Source/Models, widen the run names. Best effort: the MLflow UI's
+    markup is not an API, so a missing control only leaves the default view."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    try:
+        for close in driver.find_elements(By.CSS_SELECTOR, "button[data-component-id='mlflow.assistant.chat_panel.close']"):
+            close.click()
+        for name in ("Dataset", "Source", "Models", *metrics):  # each a toggle in the Columns menu
+            searches = driver.find_elements(By.CSS_SELECTOR, "input[placeholder='Search columns']")
+            if not searches:
+                [b for b in driver.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Columns"][0].click()
+                time.sleep(0.5)
+                searches = driver.find_elements(By.CSS_SELECTOR, "input[placeholder='Search columns']")
+            searches[0].send_keys(Keys.CONTROL, "a")
+            searches[0].send_keys(name)
+            time.sleep(0.5)
+            driver.execute_script(
+                "const t = arguments[0]; const hit = Array.from(document.querySelectorAll('label, span'))"
+                ".find(e => e.textContent.trim() === t && e.closest('[role=\"dialog\"], [role=\"menu\"],"
+                " [data-radix-popper-content-wrapper]')); if (hit) { hit.click(); }", name)
+            time.sleep(0.5)
+        for search in driver.find_elements(By.CSS_SELECTOR, "input[placeholder='Search columns']"):
+            search.send_keys(Keys.ESCAPE)
+        time.sleep(0.5)
+        handle = driver.execute_script(
+            "const h = Array.from(document.querySelectorAll('.ag-header-cell'))"
+            ".find(e => e.textContent.trim() === 'Run Name'); return h && h.querySelector('.ag-header-cell-resize');")
+        if handle is not None:
+            ActionChains(driver).drag_and_drop_by_offset(handle, 260, 0).perform()
+    except WebDriverException:
+        pass
+
+
 def test_mlflow_ui_lists_the_study_its_cells_and_trials(browser: webdriver.Chrome,
                                                         smoke: tuple[StudyData, Path], tmp_path: Path) -> None:
     data, _ = smoke
@@ -209,6 +246,7 @@ def test_mlflow_ui_lists_the_study_its_cells_and_trials(browser: webdriver.Chrom
         expected = {data.study_run_name, *data.cells["run_name"], *data.trials["run_name"]}
         WebDriverWait(browser, 30).until(lambda d: expected <= {
             e.text for e in d.find_elements(By.CSS_SELECTOR, "a[href*='/runs/'] span")})
+        _readable_runs_table(browser)
         _screenshot(browser, "mlflow_runs", "mlflow_ui.png", max_height=2400)
         # The study run's page lists the report logged as an artifact.
         browser.get(f"{url}/#/experiments/{data.experiment_id}/runs/{data.study_run_id}/artifacts")

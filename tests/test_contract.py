@@ -105,7 +105,7 @@ def test_driver_and_dashboards_select_the_same_trials(tracked):
 def test_run_names_are_readable_and_never_none(tracked):
     plan, _, _, data = tracked
     names = dict(zip(data.cells["cell"], data.cells["run_name"]))
-    assert names[plan.cells[0].id] == f"{plan.cells[0].id} imbalance_ratio=10 name=ce"
+    assert names[plan.cells[0].id] == f"{plan.cells[0].id} imbalance_ratio=10 method=ce"
     assert all("None" not in n for n in list(data.trials["run_name"]) + list(names.values()))
     assert all(n.startswith(f"{c} g") and " seed" in n for c, n in zip(data.trials["cell"], data.trials["run_name"]))
 

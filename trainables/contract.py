@@ -152,10 +152,17 @@ def display(value: Any, digits: int = DISPLAY_DIGITS) -> str:
 def grid_run_name(cell_id: str, values: Mapping[str, Any]) -> str:
     """A cell's run name: its id and every grid value, ``c03 method=la imbalance_ratio=100``.
 
-    Each axis is named by its last path part (the full path is the cell's param of the same value).
+    Each axis is named by its last path part, or by the part before a final ``name``
+    (``method.name`` -> ``method``); the full path is the cell's param of the same value.
     """
-    parts = [f"{path.rsplit('.', 1)[-1]}={display(v)}" for path, v in values.items()]
-    return " ".join([cell_id, *parts])
+    return " ".join([cell_id, *(f"{axis_label(path)}={display(v)}" for path, v in values.items())])
+
+
+def axis_label(path: str) -> str:
+    """The short name of a study path in run names: ``method.name`` -> ``method``,
+    ``dataset.imbalance_ratio`` -> ``imbalance_ratio``."""
+    parts = path.split(".")
+    return parts[-2] if len(parts) > 1 and parts[-1] == "name" else parts[-1]
 
 
 def trial_run_name(envelope: Mapping[str, Any], trial_id: str, config: Mapping[str, Any] | None = None
@@ -245,6 +252,6 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
 __all__ = ["DISPLAY_DIGITS", "ENSEMBLE_SECTIONS", "EXPERIMENT_KIND_TRAINING", "Envelope",
            "GRID_PARAM_PREFIX", "HEADLINE_METRICS", "Level", "META_KEY", "STAGE1_CELL",
            "SPEC_ARTIFACT_DIR", "SPEC_FILE", "SUMMARY_ARTIFACT_DIR", "SUMMARY_FILE", "Tag",
-           "TRIAL_ARTIFACT_DIR", "UI_QUERY", "display", "flatten", "grid_run_name", "method_fields",
+           "TRIAL_ARTIFACT_DIR", "UI_QUERY", "axis_label", "display", "flatten", "grid_run_name", "method_fields",
            "strip_meta", "trial_meta", "trial_params", "trial_run_name", "trial_tags",
            "with_envelope"]
