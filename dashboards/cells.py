@@ -76,6 +76,8 @@ def analyse_cell(study: str, cell: str, cell_trials: pd.DataFrame, objective: st
     if opt_study is not None:
         proposed = {PARAM_PREFIX + k for t in opt_study.get_trials(deepcopy=False) for k in t.params}
         searched += sorted(c for c in proposed if c in cell_trials.columns and c not in searched)
+    # A parameter is active in a run when the run logged it (tracking logs only what a trial reads).
+    searched = [c for c in searched if cell_trials[c].notna().all()]
     searched, groups = config_groups(cell_trials, objective, searched)
     if opt_study is None:
         opt_study, source = _rebuild_study(searched, groups, mode), "rebuilt from MLflow runs (" + source + ")"
@@ -83,8 +85,10 @@ def analyse_cell(study: str, cell: str, cell_trials: pd.DataFrame, objective: st
     if len(completed) < 2:
         return CellSearch(cell, searched, groups, None,
                           f"{len(completed)} completed trial(s): importances need at least 2 ({source})")
-    varied = [p for p in {k for t in completed for k in t.params}
-              if len({repr(t.params.get(p)) for t in completed}) > 1]
+    # Only parameters active in every completed trial: a conditional parameter (set only for some
+    # choices of another) is not comparable across trials, so fANOVA does not rank it.
+    active = set.intersection(*(set(t.params) for t in completed))
+    varied = [p for p in active if len({repr(t.params.get(p)) for t in completed}) > 1]
     if not varied:
         return CellSearch(cell, searched, groups, None,
                           f"all {len(completed)} proposals chose the same values: nothing to attribute ({source})")

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jinja2
 import pandas as pd
@@ -22,8 +22,9 @@ from mlflow import MlflowClient
 from dashboards import charts
 from dashboards.cells import CellSearch, analyse_cell
 from dashboards.charts import Axis, Chart, Series, Stat
-from dashboards.data import StudyData, experiment_url, run_url
-from dashboards.summary import (BACKDOOR, CONFOUNDERS, GROUPS, IMBALANCE, METHOD, PERCENT,
+from dashboards.data import PARAM_PREFIX, StudyData, experiment_url, run_url
+from trainables.registry import Registry
+from dashboards.summary import (BACKDOOR, CONFOUNDERS, EFFECTIVE_M, GROUPS, IMBALANCE, METHOD, PERCENT,
                                 WEIGHTING, axis_name, grid_axes, searched_params, select,
                                 series_label, usable)
 
@@ -31,8 +32,6 @@ DEFAULT_UI_URL = "http://127.0.0.1:5000"
 REPORT_ARTIFACT_DIR = "report"
 REPORT_FILE = "report.html"
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
-#: Method order in legends and colours: baselines, then post-hoc corrections, then the backdoor.
-METHOD_ORDER = ["ce", "focal", "cb", "ldam_drw", "bs", "la", "gla_train", "crt", "posthoc_la", "gla", "backdoor"]
 #: Columns of the trial table, after run, cell, seed, status and the searched parameters.
 TABLE_METRICS = ["val/acc", "test/acc", "test/bal_acc", "test/d_few", "test/p_few", "test/worst_class_acc"]
 
@@ -71,25 +70,24 @@ def build_report(data: StudyData, *, objective: str = "val/acc", mode: str = "ma
     study in it) importances are computed on a study rebuilt from the MLflow runs.
     """
     trials = usable(data.trials, objective)
-    axes = grid_axes(trials) if not trials.empty else []
+    axes = grid_axes(data.grid_columns, trials) if not trials.empty else []
     series_axes = [a for a in axes if a != IMBALANCE]
-    labels = _series_labels(trials, series_axes)
+    # Methods in legends, colours and tables: in the order the study's grid lists them.
+    method_order = [str(m) for m in data.grid.get(METHOD[len(PARAM_PREFIX):], [])]
+    labels = _series_labels(trials, series_axes, method_order)
     colours = charts.color_map(labels)
     storage = optuna_storage
     ir_main = _largest(trials, IMBALANCE)
-    ctx = _Context(trials, objective, mode, metric, series_axes, colours, ir_main)
-    sections = [
-        _overview_section(ctx),
-        _groups_section(ctx),
-        _backdoor_section(ctx),
-        # Optuna studies are per execution: <study>/<execution>/<cell> (platform.searcher)
-        _search_section(ctx, "/".join(filter(None, (data.study, data.study_tags.get("ltbias.execution")))),
-                        storage),
-    ]
+    # Optuna studies are per execution: <study>/<execution>/<cell> (platform.searcher)
+    optuna_prefix = "/".join(filter(None, (data.study, data.study_tags.get(Tag.EXECUTION))))
+    ctx = _Context(trials, objective, mode, metric, series_axes, colours, ir_main, optuna_prefix, storage,
+                   method_order)
+    sections = [build(ctx) for _, build in SECTIONS.items()]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
     table_params = [c for c in searched_params(trials)] if not trials.empty else []
-    return env.get_template("report.html.j2").render(
+    cells = _cell_table(ctx, data, axes, ui_url)
+    return env.get_template("report.html.j2").render(cells=cells,
         data=data, sections=sections, objective=objective, mode=mode, metric=metric,
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         study_url=run_url(ui_url, data.experiment_id, data.study_run_id),
@@ -107,6 +105,13 @@ class _Context:
     series_axes: list[str]
     colours: dict[str, str]
     ir_main: float | None
+    study: str = ""
+    optuna_storage: str | None = None
+    method_order: list[str] = field(default_factory=list)
+
+
+#: The report's sections, in page order: each a function ``(context) -> Section`` registered here.
+SECTIONS: Registry[Callable[[_Context], Section]] = Registry("report section")
 
 
 def _metric_label(metric: str) -> str:
@@ -116,16 +121,16 @@ def _metric_label(metric: str) -> str:
     return f"{split} {names.get(name, name)} (%)"
 
 
-def _series_labels(trials: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+def _series_labels(trials: pd.DataFrame, axes: Sequence[str], method_order: Sequence[str]) -> list[str]:
     if trials.empty:
         return []
     rows = trials.drop_duplicates(subset=list(axes) or None)[list(axes)].to_dict("records") if axes else [{}]
-    rows.sort(key=lambda r: (_method_rank(r.get(METHOD)), [str(r.get(a)) for a in axes]))
+    rows.sort(key=lambda r: (_method_rank(r.get(METHOD), method_order), [str(r.get(a)) for a in axes]))
     return list(dict.fromkeys(series_label(r, axes) for r in rows))
 
 
-def _method_rank(name: object) -> int:
-    return METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER)
+def _method_rank(name: object, order: Sequence[str]) -> int:
+    return list(order).index(name) if name in order else len(order)
 
 
 def _largest(trials: pd.DataFrame, column: str) -> float | None:
@@ -164,6 +169,7 @@ def _ordered(labels: Sequence[str], ctx: _Context) -> list[str]:
     return sorted(labels, key=lambda s: order.index(s) if s in order else len(order))
 
 
+@SECTIONS.register("accuracy")
 def _overview_section(ctx: _Context) -> Section:
     section = Section("accuracy", "Accuracy vs downstream imbalance",
                       f"Each point is the configuration selected on {ctx.objective} ({ctx.mode}) within its cell; "
@@ -188,6 +194,7 @@ def _at_main_ir(ctx: _Context) -> tuple[pd.DataFrame, str]:
     return ctx.trials[ctx.trials[IMBALANCE] == ctx.ir_main], f" at downstream IR = {charts.fmt(ctx.ir_main)}"
 
 
+@SECTIONS.register("groups")
 def _groups_section(ctx: _Context) -> Section:
     frame, where = _at_main_ir(ctx)
     section = Section("groups", "Data- vs parameter-imbalance groups" + where,
@@ -231,6 +238,7 @@ def _heatmaps(ctx: _Context, frame: pd.DataFrame, where: str) -> list[Figure]:
     return figures
 
 
+@SECTIONS.register("backdoor")
 def _backdoor_section(ctx: _Context) -> Section:
     section = Section("backdoor", "Backdoor adjustment: confounder count and weighting",
                       f"Backdoor trials only. At each M (or weighting) the configuration with the best "
@@ -241,9 +249,11 @@ def _backdoor_section(ctx: _Context) -> Section:
     y_label = _metric_label(ctx.metric)
     empty = f"No finished backdoor trial{where} yet (method.name = backdoor)."
     m_chart = w_chart = None
-    if not frame.empty and CONFOUNDERS in frame:
+    # The M a trial used (its strata when set), as the trainable reported it; else the M asked for.
+    m_column = EFFECTIVE_M if EFFECTIVE_M in frame and frame[EFFECTIVE_M].notna().all() else CONFOUNDERS
+    if not frame.empty and m_column in frame:
         extra = [WEIGHTING] if WEIGHTING in frame else []
-        m_stats = _series_stats(ctx, frame, CONFOUNDERS, [ctx.metric], extra_by=extra, drop=[METHOD],
+        m_stats = _series_stats(ctx, frame, m_column, [ctx.metric], extra_by=extra, drop=[METHOD],
                                 empty_label=BACKDOOR)
         palette = charts.color_map(list(m_stats))
         m_chart = charts.line_chart([Series(label, palette[label], {x: v[ctx.metric] for x, v in m_stats[label].items()})
@@ -266,13 +276,14 @@ def _backdoor_section(ctx: _Context) -> Section:
     return section
 
 
-def _search_section(ctx: _Context, study: str, storage: str | None) -> Section:
+@SECTIONS.register("search")
+def _search_section(ctx: _Context) -> Section:
     section = Section("search", "Search: parameter importances and parallel coordinates",
                       f"Per cell with a search space. Importances: Optuna's fANOVA on the cell's study "
                       f"(objective {ctx.objective}). Lines: one per proposal (mean over its seeds).")
     searched_cells = []
     for cell, cell_trials in ctx.trials.groupby("cell", sort=True):
-        analysis = analyse_cell(study, str(cell), cell_trials, ctx.objective, ctx.mode, storage)
+        analysis = analyse_cell(ctx.study, str(cell), cell_trials, ctx.objective, ctx.mode, ctx.optuna_storage)
         # A cell searched when it has searched parameters or more than one proposal.
         if analysis.searched or len(analysis.groups) > 1:
             searched_cells.append(analysis)
@@ -314,6 +325,47 @@ def _axis_kind(values: list[object]) -> str:
         lo, hi = min(present), max(present)  # type: ignore[type-var]
         return "log" if lo > 0 and hi / lo >= 100 else "linear"
     return "cat"
+
+
+def _cell_table(ctx: _Context, data: StudyData, axes: Sequence[str], ui_url: str) -> dict:
+    """One row per grid cell: its selected configuration's ``metric`` (mean ± s.d. over seeds), the
+    margin over the best other method of the same setting (the other grid values equal), the
+    setting's winner, and links to the cell run and its selected trial runs.
+
+    The selected trials are those tracking tagged on the cell run (``ltbias.selected_run``); the
+    numbers come from the same runs, selected again here by the same rule when the tag is missing.
+    """
+    setting_axes = [a for a in axes if a != METHOD]
+    runs = data.cells.set_index("cell") if not data.cells.empty else data.cells
+    rows = []
+    for sel in select(ctx.trials, ["cell"], ctx.objective, ctx.mode):
+        (cell,) = sel.key
+        first = sel.runs.iloc[0]
+        tagged = list(runs.loc[cell, "selected_runs"]) if cell in runs.index else []
+        chosen = tagged or list(sel.runs["run_id"])
+        rows.append({"cell": cell, "cell_url": run_url(ui_url, data.experiment_id, runs.loc[cell, "run_id"])
+                     if cell in runs.index else None,
+                     "values": [_cell(first.get(a)) for a in axes], "method": first.get(METHOD),
+                     "setting": tuple(_cell(first.get(a)) for a in setting_axes),
+                     "objective": sel.stat(ctx.objective), "stat": sel.stat(ctx.metric),
+                     "selected": [(i + 1, run_url(ui_url, data.experiment_id, r)) for i, r in enumerate(chosen)]})
+    for row in rows:
+        others = [o["stat"].mean for o in rows if o["setting"] == row["setting"] and o is not row
+                  and math.isfinite(o["stat"].mean)]
+        best_other = (max if ctx.mode == "max" else min)(others) if others else math.nan
+        row["margin"] = row["stat"].mean - best_other if others else math.nan
+        row["winner"] = bool(others) and (row["margin"] > 0 if ctx.mode == "max" else row["margin"] < 0)
+    rows.sort(key=lambda r: (r["setting"], _method_rank(r["method"], ctx.method_order), r["cell"]))
+    return {"columns": [axis_name(a) for a in axes], "rows": [
+        {**r, "objective": _stat_text(r["objective"]), "stat": _stat_text(r["stat"]),
+         "margin": "–" if not math.isfinite(r["margin"]) else f"{r['margin']:+.2f}"} for r in rows]}
+
+
+def _stat_text(st: Stat) -> str:
+    if not math.isfinite(st.mean):
+        return "–"
+    spread = f" ± {st.std:.2f}" if st.std is not None and math.isfinite(st.std) else ""
+    return f"{st.mean:.2f}{spread} (n={st.n})"
 
 
 def _counts(data: StudyData) -> dict[str, int]:

@@ -1,10 +1,11 @@
 """Turn a study's trial table into the numbers the report plots: honest selection, then seed spread.
 
-Selection happens on the validation metric only (``objective``, default ``val/acc``): within a cell,
-the runs of one Optuna proposal (its seeds) form a *config group*; the group with the best mean objective is the cell's selected configuration, and the
-report shows its *test* metrics as mean and standard deviation over the group's seeds. When a group
-has a single run that evaluated several seeds itself (post-hoc trials report ``{metric}_std``), that
-reported spread is shown instead.
+Selection happens on the validation metric only (``objective``, default ``val/acc``) by the one rule
+of ``trainables.selection`` that the driver also applies: within a cell, the runs of one
+configuration (its replicate group, tagged by tracking) form a *config group*; the group with the
+best mean objective is the cell's selected configuration, and the report shows its *test* metrics
+as mean and standard deviation over the group's seeds. When a group has a single run that evaluated
+several seeds itself (post-hoc trials report ``{metric}_std``), that reported spread is shown.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ import pandas as pd
 
 from dashboards.charts import Stat
 from dashboards.data import PARAM_PREFIX
+from trainables.contract import STAGE1_CELL
+from trainables.selection import REPLICATES_METRIC, select_group
 from trainables.stats import STD_SUFFIX, summarize
 
 METHOD = PARAM_PREFIX + "method.name"
 IMBALANCE = PARAM_PREFIX + "dataset.imbalance_ratio"
 CONFOUNDERS = PARAM_PREFIX + "backdoor.confounders"
 WEIGHTING = PARAM_PREFIX + "backdoor.weighting"
+#: Metric a backdoor trial reports: the number of strata it actually combined (``backdoor.strata``
+#: overrides ``backdoor.confounders``), written by trainables.methods.backdoor.
+EFFECTIVE_M = "backdoor/M"
 BACKDOOR = "backdoor"
-#: Cell id of the stage-1 prerequisite trials (platform.searcher.STAGE1_CELL): not a grid cell.
-STAGE1_CELL = "stage1"
 GROUPS = ("many", "medium", "few")
 #: Metrics are fractions in [0, 1] (trainables/metrics.py); the report shows percent.
 PERCENT = 100.0
@@ -88,28 +92,11 @@ def cell_searched_params(cell_trials: pd.DataFrame) -> list[str]:
     return [c for c in params if distinct[c] > 1]
 
 
-def grid_axes(trials: pd.DataFrame) -> list[str]:
-    """Cell-level parameters that differ between cells, seeds excluded, without redundant aliases.
-
-    Two columns that split the cells identically (``backbone.pretrain.imbalance_ratio`` and
-    ``pool.0.pretrain.imbalance_ratio`` set by one grid axis) keep only the first.
-    """
-    searched = set(searched_params(trials))
-    cells = trials.drop_duplicates("cell")
-    candidates = [c for c in _config_params(cells) if c not in searched]
-    distinct = cells[candidates].nunique(dropna=False) if candidates else pd.Series(dtype=int)
-    axes: list[str] = []
-    partitions: list[tuple] = []
-    for column in sorted(candidates):
-        if distinct[column] <= 1:
-            continue
-        partition = tuple(pd.factorize(cells[column].astype("string").fillna("<NA>"))[0])
-        if partition in partitions:
-            continue
-        partitions.append(partition)
-        axes.append(column)
-    # The method and the imbalance ratio lead: they are the report's main axes.
-    return sorted(axes, key=lambda c: (c != METHOD, c != IMBALANCE, c))
+def grid_axes(grid_columns: Sequence[str], trials: pd.DataFrame) -> list[str]:
+    """The grid axes (``param.<axis>`` columns, as tracking logged them) that take more than one
+    value among ``trials``, method and downstream imbalance ratio first (the report's main axes)."""
+    axes = [c for c in grid_columns if c in trials and trials[c].astype("string").nunique(dropna=False) > 1]
+    return sorted(axes, key=lambda c: (c != METHOD, c != IMBALANCE, list(grid_columns).index(c)))
 
 
 @dataclass(frozen=True)
@@ -128,22 +115,28 @@ class Selection:
             return Stat(math.nan, None, 0)
         summary = summarize(values.tolist())  # the one mean and sample s.d. (trainables.stats)
         std: float | None = None
+        n = int(len(values))
         if len(values) >= 2:
             std = summary.sd
         elif metric + STD_SUFFIX in self.runs:
             reported = self.runs.loc[values.index, metric + STD_SUFFIX].dropna()
             std = float(reported.iloc[0]) if not reported.empty else None
-        return Stat(summary.mean * scale, None if std is None else std * scale, summary.n)
+        n = summary.n
+        if len(values) == 1 and REPLICATES_METRIC in self.runs:  # one run that averaged its replicates
+            reps = self.runs.loc[values.index, REPLICATES_METRIC].dropna()
+            n = int(reps.iloc[0]) if not reps.empty else n
+        return Stat(summary.mean * scale, None if std is None else std * scale, n)
 
 
 def proposal_keys(trials: pd.DataFrame) -> pd.Series:
-    """Per row, the config group it belongs to: (cell, Optuna trial number) when tracking tagged one,
-    else (cell, values of the searched parameters); the seeds of one proposal share a key."""
+    """Per row, the config group it belongs to: (cell, group) from the trial's envelope tag (the
+    replicates of one configuration share it), else (cell, values of the searched parameters)."""
     searched = searched_params(trials)
     keys = []
-    for row in trials[["cell", "optuna_trial"] + searched].itertuples(index=False):
-        cell, number, *values = row
-        keys.append((cell, "optuna", int(number)) if not pd.isna(number) else
+    groups = trials["group"] if "group" in trials else pd.Series([None] * len(trials), index=trials.index)
+    for group, row in zip(groups, trials[["cell"] + searched].itertuples(index=False)):
+        cell, *values = row
+        keys.append((cell, "group", int(group)) if not pd.isna(group) else
                     (cell, "params") + tuple(_plain(v) for v in values))
     return pd.Series(keys, index=trials.index, dtype=object)
 
@@ -161,12 +154,20 @@ def select(trials: pd.DataFrame, by: Sequence[str], objective: str, mode: str = 
         # Best config per cell, then pool the cells that share the key (e.g. one cell per seed).
         chosen = []
         for _, cell_frame in frame.groupby("cell", sort=False):
-            means = cell_frame.groupby("_config", sort=False)[objective].mean()
-            best = means.idxmax() if mode == "max" else means.idxmin()
-            chosen.append(cell_frame[cell_frame["_config"] == best])
+            ordered = sorted(cell_frame.groupby("_config", sort=False), key=lambda kv: _sort_key(kv[0]))
+            best = select_group({key: list(g[objective]) for key, g in ordered}, mode)
+            if best is not None:
+                chosen.append(cell_frame[cell_frame["_config"] == best])
+        if not chosen:
+            continue
         runs = pd.concat(chosen).drop(columns=["_config", "_by"])
         out.append(Selection(key=by_key, runs=runs))
     return out
+
+
+def _sort_key(key: tuple) -> tuple:
+    """Groups in the driver's order (envelope group number), other keys by their text."""
+    return (0, key[2], "") if len(key) == 3 and key[1] == "group" else (1, 0, repr(key))
 
 
 def _row_keys(frame: pd.DataFrame, columns: Iterable[str]) -> pd.Series:

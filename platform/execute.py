@@ -10,7 +10,6 @@ the configuration selected on the validation metric, with its test metrics read 
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
 import signal
@@ -28,8 +27,9 @@ from platform import paths
 from platform.errors import EnvironmentFailure, PlatformInputError
 from platform.guard import DriverLock, Reaper, check_address
 from platform.progress import ProgressCallback
-from platform.searcher import (STAGE1_CELL, CellSearcher, finite, get_path, iter_groups, study_name,
-                               strip_meta, trial_meta)
+from platform.searcher import CellSearcher, get_path, iter_groups, study_name
+from trainables.contract import STAGE1_CELL, strip_meta, trial_meta
+from trainables.selection import REPLICATES_METRIC, finite, group_score, select_group
 from platform.tracking import MLflowStudyCallback, check_tracking
 from trainables.stats import STD_SUFFIX, summarize
 from trainables.errors import FATAL_KEY, is_deterministic, reason
@@ -294,11 +294,11 @@ def select_rows(plan: Any, records: list[dict]) -> list[dict]:
     Test numbers are read only for the selected configuration and never compared. A cell whose
     trials all failed or never reported the metric gets a row with ``selected=False``.
     """
-    metric, sign = plan.metric, (1.0 if plan.mode == "max" else -1.0)
+    metric = plan.metric
     groups = iter_groups(records)
     rows = []
     for cell in plan.cells:
-        cell_groups = {g: recs for (cid, g), recs in groups.items() if cid == cell.id}
+        cell_groups = {g: recs for (cid, g), recs in sorted(groups.items()) if cid == cell.id}
         row: dict[str, Any] = {"cell": cell.id, "label": cell.label, "kind": cell.kind,
                                "values": dict(cell.values), "best_config": {}, "n_trials": sum(map(len, cell_groups.values())),
                                "n_failed": sum(r["status"] == "ERROR"
@@ -307,22 +307,19 @@ def select_rows(plan: Any, records: list[dict]) -> list[dict]:
         errors = [r.get("error") for recs in cell_groups.values() for r in recs if r.get("error")]
         if errors:
             row["error"] = errors[0]
-        best, best_score = None, -math.inf
-        for g, recs in sorted(cell_groups.items()):
-            vals = [v for r in recs if r["status"] != "ERROR"
-                    and (v := finite(r["result"].get(metric))) is not None]
-            if vals and sign * statistics.fmean(vals) > best_score:
-                best, best_score = g, sign * statistics.fmean(vals)
+        best = select_group({g: [r["result"].get(metric) for r in recs if r["status"] != "ERROR"]
+                             for g, recs in cell_groups.items()}, plan.mode)
         if best is not None:
             members = [r for r in cell_groups[best] if r["status"] != "ERROR"
                        and finite(r["result"].get(metric)) is not None]
-            row.update(selected=True, metric=sign * best_score,
+            reported = finite(members[0]["result"].get(REPLICATES_METRIC))
+            row.update(selected=True, metric=group_score(r["result"].get(metric) for r in members),
                        optuna_trial=trial_meta(members[0]["config"]).get("optuna_trial"),
                        best_config={p: get_path(members[0]["config"], p) for p in (cell.space or {})},
                        trial_ids=[r["trial_id"] for r in members],
-                       # post-hoc/ensemble trials average their replicates themselves
+                       # stage-2 trials average their replicates themselves and report how many
                        n_seeds=len(members) if cell.kind == "train"
-                       else int(members[0]["result"].get("replicates", len(cell.replicates))))
+                       else int(reported) if reported is not None else len(cell.replicates))
             keys = sorted({k for r in members for k in r["result"]
                            if k.startswith(ROW_PREFIXES) or k in (metric, "replicates")})
             for key in keys:

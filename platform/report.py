@@ -111,12 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opened is None:
         return EXIT_INVALID
     target, data = opened
-    objective = args.objective or target.objective or data.study_params.get("search.metric") or DEFAULT_OBJECTIVE
+    objective = args.objective or target.objective or (data.spec.get("search") or {}).get("metric") or DEFAULT_OBJECTIVE
     if any(part.startswith("test") for part in objective.split("/")):
         print(f"error: --objective {objective}: selecting on a test metric leaks the test split; "
               "use a val/ metric (test numbers are shown with --metric)", file=sys.stderr)
         return EXIT_INVALID
-    mode = args.mode or target.mode or data.study_params.get("search.mode") or DEFAULT_MODE
+    mode = args.mode or target.mode or (data.spec.get("search") or {}).get("mode") or DEFAULT_MODE
     ui_url = args.mlflow_url or DEFAULT_UI_URL
     html = build_report(data, objective=objective, mode=mode, metric=args.metric, ui_url=ui_url,
                         optuna_storage=args.optuna_storage or target.optuna_storage)

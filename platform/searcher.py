@@ -51,12 +51,9 @@ from platform.paths import open_optuna_storage
 from platform.plan import apply_params
 from platform.retry import retry, sqlite_engine_kwargs
 from platform.space import grid_values, kind_of, sample
-
-META_KEY = "ltbias"
-"""Top-level trial-config key carrying the trial's place in the study; never part of TrialConfig."""
-
-STAGE1_CELL = "stage1"
-"""Cell id of the plan's prerequisite stage-1 trials."""
+from trainables.contract import (META_KEY, STAGE1_CELL, Envelope, strip_meta, trial_meta,
+                                 with_envelope)
+from trainables.selection import finite
 
 
 SAMPLER_ATTR = "ltbias.sampler"
@@ -83,17 +80,6 @@ def get_path(config: dict, path: str, default: Any = None) -> Any:
         except (KeyError, IndexError, ValueError, TypeError):
             return default
     return node
-
-
-def trial_meta(config: dict) -> dict:
-    """The ``ltbias`` block of a Tune trial config ({} for a config the searcher did not make)."""
-    meta = config.get(META_KEY) if isinstance(config, dict) else None
-    return meta if isinstance(meta, dict) else {}
-
-
-def strip_meta(config: dict) -> dict:
-    """A copy of a Tune trial config without the ``ltbias`` key: a plain TrialConfig dict."""
-    return {k: v for k, v in config.items() if k != META_KEY}
 
 
 # --------------------------------------------------------------------------- search spaces
@@ -278,8 +264,7 @@ class CellSearcher(Searcher):
             self._prereq_emitted += 1
             self._trials[trial_id] = (STAGE1_CELL, index)
             config = copy.deepcopy(self._prereqs[index])
-            config[META_KEY] = {"cell": STAGE1_CELL, "stage": 1, "optuna_trial": None,
-                                "seed": config.get("seed"), "group": index}
+            with_envelope(config, Envelope(STAGE1_CELL, 1, group=index, seed=config.get("seed")))
             return config
         for cid in self._cells:
             if not self._exhausted(cid):
@@ -412,9 +397,10 @@ class CellSearcher(Searcher):
         configs = []
         for rep in reps:
             config = with_replicate(base, rep) if rep is not None else copy.deepcopy(base)
-            config[META_KEY] = {"cell": cid, "stage": 1 if _field(cell, "kind") == "train" else 2,
-                                "optuna_trial": number, "seed": None if rep is None else config["seed"],
-                                "replicate": replicate_label(rep), "group": gindex}
+            with_envelope(config, Envelope(cid, 1 if _field(cell, "kind") == "train" else 2,
+                                           group=gindex, optuna_trial=number,
+                                           seed=None if rep is None else config["seed"],
+                                           replicate=replicate_label(rep)))
             configs.append(config)
         return configs
 
@@ -462,13 +448,6 @@ class CellSearcher(Searcher):
             study = self.optuna_study(cid)
             self._orphans[cid] = sorted(t.number for t in study.get_trials(
                 deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in known)
-
-
-def finite(value: Any) -> float | None:
-    """``value`` as a float when it is a finite number (not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 def _finite(result: dict | None, metric: str) -> float | None:

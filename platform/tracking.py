@@ -2,23 +2,16 @@
 
 ``MLflowStudyCallback`` is a Ray Tune callback running on the driver. It talks to MLflow only
 through an explicit ``mlflow.MlflowClient(tracking_uri)`` (no global active run), so several
-studies and the Tune driver never share hidden state.
-
-- one experiment per study (``study.name``);
-- a study run per execution (tags ``ltbias.level=study``, ``ltbias.spec_hash``,
-  ``ltbias.storage``, ``ltbias.git_commit``; the resolved spec as ``spec/study.yaml``; the spec
-  flattened into params). ``--resume`` reuses the latest study run with the same spec hash and
-  experiment folder instead of opening a new one;
-- a cell run per grid cell, created when its first trial starts (``mlflow.parentRunId`` = study
-  run, ``ltbias.cell``, the cell's grid values as params), and a ``stage1`` cell for the
-  prerequisite fine-tunes; at the end each gets the selected configuration's metrics;
-- a trial run per Tune trial (``mlflow.parentRunId`` = cell run, ``ltbias.trial_id``,
-  ``ltbias.seed``, ``ltbias.optuna_trial``; params = the dotted trial config; metrics per report at
-  step = epoch). A retried or resumed trial finds its run again by ``ltbias.trial_id``.
+studies and the Tune driver never share hidden state. What each run carries, and every tag and
+param name, is the contract of ``trainables.contract`` (its module docstring has the table);
+``--resume`` reuses the latest study run with the same spec hash and experiment folder, and a
+retried or resumed trial finds its run again by ``ltbias.trial_id``.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import re
 import subprocess
@@ -38,13 +31,17 @@ from ray.tune import Callback
 
 from platform.paths import REPO_ROOT, sqlite_path
 from platform.retry import Retrying
-from platform.searcher import STAGE1_CELL, strip_meta, study_name, trial_meta
+from platform.searcher import study_name
+from trainables.contract import (DISPLAY_DIGITS, EXPERIMENT_KIND_TRAINING, GRID_PARAM_PREFIX, HEADLINE_METRICS,
+                                 SPEC_ARTIFACT_DIR, SPEC_FILE, STAGE1_CELL, SUMMARY_ARTIFACT_DIR,
+                                 SUMMARY_FILE, TRIAL_ARTIFACT_DIR, Level, Tag, display, flatten,
+                                 grid_run_name, trial_meta, trial_params, trial_run_name, trial_tags)
+from trainables.selection import finite
 
-LEVEL, CELL, TRIAL_ID, STUDY_RUN = "ltbias.level", "ltbias.cell", "ltbias.trial_id", "ltbias.study_run"
-SPEC_HASH, STORAGE, GIT_COMMIT = "ltbias.spec_hash", "ltbias.storage", "ltbias.git_commit"
-PARENT = "mlflow.parentRunId"
-LAST_STEP = "ltbias.last_step"
-EXECUTION = "ltbias.execution"
+LEVEL, CELL, TRIAL_ID, STUDY_RUN = Tag.LEVEL, Tag.CELL, Tag.TRIAL_ID, Tag.STUDY_RUN
+SPEC_HASH, STORAGE, GIT_COMMIT = Tag.SPEC_HASH, Tag.STORAGE, Tag.GIT_COMMIT
+PARENT, LAST_STEP = Tag.PARENT, Tag.LAST_STEP
+EXECUTION = Tag.EXECUTION
 
 # Tune's own bookkeeping in every result: not measurements of the trial.
 _TUNE_KEYS = frozenset({"timestamp", "pid", "done", "training_iteration", "time_since_restore",
@@ -54,20 +51,6 @@ _TUNE_KEYS = frozenset({"timestamp", "pid", "done", "training_iteration", "time_
 
 
 # --------------------------------------------------------------------------- helpers
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}} -> {"a.b": 1}``; lists of dicts flatten by index, other lists stay values."""
-    out: dict[str, Any] = {}
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-    elif isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
-        for i, value in enumerate(tree):
-            out.update(flatten(value, f"{prefix}{i}."))
-    else:
-        out[prefix[:-1]] = tree
-    return out
-
 
 def finite_metrics(result: dict) -> dict[str, float]:
     """The trial's own finite numeric values of a Tune result (Tune bookkeeping and config dropped)."""
@@ -156,6 +139,42 @@ def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return (db.resolve().parent / "mlartifacts" / experiment).as_uri()
 
 
+def study_params(spec: dict) -> dict[str, Any]:
+    """The study run's params: the spec flattened, where a grid axis replaces the base value it sweeps
+    (``grid.method.name = ['ce', 'la']`` and no ``method.name``)."""
+    axes = list((spec.get("grid") or {}).keys())
+    out = {}
+    for key, value in flatten({k: v for k, v in spec.items() if k != "grid"}).items():
+        if not any(key == a or key.startswith(a + ".") for a in axes):
+            out[key] = value
+    out.update({GRID_PARAM_PREFIX + axis: values for axis, values in (spec.get("grid") or {}).items()})
+    return out
+
+
+def headline_metrics(objective: str) -> list[str]:
+    """The metrics a cell run carries: the objective, then ``HEADLINE_METRICS``."""
+    return list(dict.fromkeys([objective, *HEADLINE_METRICS]))
+
+
+def summary_table(rows: list[dict], metrics: list[str], trial_runs: dict[str, str]) -> str:
+    """CSV of one row per cell: grid values, selection, headline metrics rounded for reading."""
+    axes = list(dict.fromkeys(k for row in rows for k in (row.get("values") or {})))
+    columns = ["cell", *axes, "selected_trials", "selected_runs", "n_trials", "n_failed", "n_seeds"]
+    columns += [k for m in metrics for k in (m, f"{m}_std")]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for row in rows:
+        ids = list(row.get("trial_ids") or [])
+        record = [row["cell"], *[display((row.get("values") or {}).get(a)) for a in axes],
+                  " ".join(ids), " ".join(trial_runs.get(t, "") for t in ids),
+                  row.get("n_trials", 0), row.get("n_failed", 0), row.get("n_seeds", "")]
+        record += [display(row.get(k)) if finite(row.get(k)) is not None else ""
+                   for m in metrics for k in (m, f"{m}_std")]
+        writer.writerow(record)
+    return buffer.getvalue()
+
+
 # --------------------------------------------------------------------------- the tracker
 
 class StudyTracker:
@@ -199,11 +218,14 @@ class StudyTracker:
                 self._experiment_id = self.client.create_experiment(
                     self.name, artifact_location=default_artifact_location(self.tracking_uri,
                                                                            self.name),
-                    tags={"mlflow.experimentKind": "custom_model_development"})
+                    tags={Tag.EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING})
             else:
                 if exp.lifecycle_stage == "deleted":  # deleted in the UI: runs cannot be created in it
                     self.client.restore_experiment(exp.experiment_id)
                 self._experiment_id = exp.experiment_id
+                if exp.tags.get(Tag.EXPERIMENT_KIND) != EXPERIMENT_KIND_TRAINING:
+                    self.client.set_experiment_tag(self._experiment_id, Tag.EXPERIMENT_KIND,
+                                                   EXPERIMENT_KIND_TRAINING)
         return self._experiment_id
 
     def _find(self, filter_string: str) -> Any | None:
@@ -224,8 +246,8 @@ class StudyTracker:
             self.study_run_id = run.info.run_id
             self.client.update_run(self.study_run_id, status="RUNNING")
             return self.study_run_id
-        tags = {LEVEL: "study", SPEC_HASH: spec_hash, STORAGE: self.experiment_path,
-                "ltbias.study": self.name}
+        tags = {LEVEL: Level.STUDY, SPEC_HASH: spec_hash, STORAGE: self.experiment_path,
+                Tag.STUDY: self.name}
         if getattr(self, "execution", None):
             tags[EXECUTION] = str(self.execution)
         commit = git_commit()
@@ -236,11 +258,11 @@ class StudyTracker:
         self.study_run_id = run.info.run_id
         study = self.plan.study
         spec = study.model_dump(mode="json") if hasattr(study, "model_dump") else dict(study)
-        self.log_params(self.study_run_id, flatten(spec))
+        self.log_params(self.study_run_id, study_params(spec))
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp, "study.yaml")
+            path = Path(tmp, SPEC_FILE)
             path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
-            self.client.log_artifact(self.study_run_id, str(path), artifact_path="spec")
+            self.client.log_artifact(self.study_run_id, str(path), artifact_path=SPEC_ARTIFACT_DIR)
         return self.study_run_id
 
     def cell_run(self, cell_id: str) -> str:
@@ -252,14 +274,16 @@ class StudyTracker:
                          f" and tags.`{CELL}` = {_quote(cell_id)}")
         if run is None:
             cell = next((c for c in self.plan.cells if c.id == cell_id), None)
+            values = dict(getattr(cell, "values", {}) or {})
             label = getattr(cell, "label", None) or cell_id
-            tags = {LEVEL: "cell", CELL: cell_id, PARENT: study_run, STUDY_RUN: study_run,
-                    "ltbias.kind": getattr(cell, "kind", "train") if cell else "train",
-                    "ltbias.label": _tag_value(label)}
-            run = self.client.create_run(self.experiment_id(), tags=tags,
-                                         run_name=f"{cell_id} {label}"[:250])
-            if cell is not None:
-                self.log_params(run.info.run_id, dict(getattr(cell, "values", {}) or {}))
+            tags = {LEVEL: Level.CELL, CELL: cell_id, PARENT: study_run, STUDY_RUN: study_run,
+                    Tag.KIND: getattr(cell, "kind", "train") if cell else "train",
+                    Tag.LABEL: _tag_value(label)}
+            name = (grid_run_name(cell_id, values) if cell is not None
+                    else f"{STAGE1_CELL} prerequisite fine-tunes")
+            run = self.client.create_run(self.experiment_id(), tags=tags, run_name=name[:250])
+            if values:
+                self.log_params(run.info.run_id, values)
         self._cell_runs[cell_id] = run.info.run_id
         return run.info.run_id
 
@@ -278,15 +302,11 @@ class StudyTracker:
             self._steps[run_id] = self._logged_steps(run_id, run.data.metrics)
             self.client.update_run(run_id, status="RUNNING")
         else:
-            tags = {LEVEL: "trial", TRIAL_ID: trial_id, CELL: cell_id, PARENT: cell_run,
-                    STUDY_RUN: self.start_study(), "ltbias.seed": str(meta.get("seed")),
-                    "ltbias.optuna_trial": str(meta.get("optuna_trial")),
-                    "ltbias.stage": str(meta.get("stage")),
-                    "ltbias.replicate": str(meta.get("replicate"))}
-            name = f"{cell_id}/o{meta.get('optuna_trial')}/s{meta.get('seed')}/{trial_id}"
+            tags = {**trial_tags(meta), LEVEL: Level.TRIAL, TRIAL_ID: trial_id, CELL: cell_id,
+                    PARENT: cell_run, STUDY_RUN: self.start_study()}
             run_id = self.client.create_run(self.experiment_id(), tags=tags,
-                                            run_name=name).info.run_id
-            self.log_params(run_id, flatten(strip_meta(config)))
+                                            run_name=trial_run_name(meta, trial_id, config)[:250]).info.run_id
+            self.log_params(run_id, trial_params(config))
         self._trial_runs[trial_id] = run_id
         return run_id
 
@@ -368,6 +388,13 @@ class StudyTracker:
             self.client.log_batch(run_id, metrics=chunk, synchronous=True)
         logged = self.client.get_run(run_id).data.params
         self.log_params(run_id, {k: v for k, v in params.items() if param_key(k) not in logged})
+
+    def log_summary_table(self, run_id: str, table: str) -> None:
+        """Log the per-cell summary table (CSV text) as ``summary/cells.csv``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, SUMMARY_FILE)
+            path.write_text(table, encoding="utf-8")
+            self.client.log_artifact(run_id, str(path), artifact_path=SUMMARY_ARTIFACT_DIR)
 
     def end(self, run_id: str, status: str) -> None:
         """Terminate a run with an MLflow status name (FINISHED, FAILED, KILLED)."""
@@ -468,23 +495,23 @@ class MLflowStudyCallback(Callback):
         run_id = self.tracker.trial_run(trial_id, config)
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
-                artifacts = Path(folder, "artifacts")
-                if artifacts.is_dir():
-                    self.tracker.client.log_artifacts(run_id, str(artifacts), "artifacts")
+                artifacts = Path(folder, TRIAL_ARTIFACT_DIR)
+                if artifacts.is_dir():  # its files at the run's artifact root: one level deep
+                    self.tracker.client.log_artifacts(run_id, str(artifacts))
         self.tracker.end(run_id, "FINISHED")
         self._open.discard(run_id)
 
     def _error(self, trial_id: str, config: dict, summary: str) -> None:
         run_id = self.tracker.trial_run(trial_id, config)
-        self.tracker.client.log_batch(run_id, tags=[RunTag("ltbias.error", _tag_value(summary))],
+        self.tracker.client.log_batch(run_id, tags=[RunTag(Tag.ERROR, _tag_value(summary))],
                                       synchronous=True)
         self.tracker.end(run_id, "FAILED")
         self._open.discard(run_id)
 
     def _recover(self, trial_id: str, config: dict, failures: int, summary: str) -> None:
         run_id = self.tracker.trial_run(trial_id, config)
-        self.tracker.client.log_batch(run_id, tags=[RunTag("ltbias.retries", str(failures)),
-                                                    RunTag("ltbias.last_error", _tag_value(summary))],
+        self.tracker.client.log_batch(run_id, tags=[RunTag(Tag.RETRIES, str(failures)),
+                                                    RunTag(Tag.LAST_ERROR, _tag_value(summary))],
                                       synchronous=True)
 
     def interrupt(self) -> None:
@@ -503,8 +530,8 @@ class MLflowStudyCallback(Callback):
         metric = self.plan.metric
         for row in rows:
             run_id = self.tracker.cell_run(str(row["cell"]))
-            metrics = {f"best/{k}": v for k, v in row.items()
-                       if k == metric or k.startswith(("val/", "test/"))}
+            metrics = {key: round(v, DISPLAY_DIGITS) for name in metrics_of
+                       for key in (name, f"{name}_std") if (v := finite(row.get(key))) is not None}
             metrics["n_trials"] = row.get("n_trials", 0)
             params = {f"best.{k}": v for k, v in (row.get("best_config") or {}).items()}
             self.tracker.log_summary(run_id, metrics, params)
@@ -520,6 +547,8 @@ class MLflowStudyCallback(Callback):
         study_run = self.tracker.start_study()
         self.tracker.log_summary(study_run, {"failed_trials": failed_trials,
                                              "cells_done": len(rows)}, {})
+        self.tracker.log_summary_table(study_run, summary_table(rows, metrics_of,
+                                                                self.tracker._trial_runs))
         self.tracker.end(study_run, status)
 
     def get_state(self) -> dict | None:

@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from platform import paths
+from trainables.contract import UI_QUERY
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 5000
 
@@ -51,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cmd = server_command(uri, args.host, args.port)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    print(f"MLflow UI for {uri}: http://{shown}:{args.port}", flush=True)
+    # The UI's machine-learning view: experiments open on their runs table (MLflow 3 opens Traces).
+    print(f"MLflow UI for {uri}: http://{shown}:{args.port}/#/experiments?{UI_QUERY}", flush=True)
     if args.dry_run:
         print(" ".join(cmd))
         return 0

@@ -30,12 +30,14 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from dashboards.data import StudyData, load_study  # noqa: E402
+from dashboards.data import StudyData, experiment_url, load_study  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(__file__).resolve().parent / "_artifacts"
+#: The screenshots docs/ shows (README, ARCHITECTURE): rewritten by every run of this test.
+DOCS = REPO / "docs"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 SMOKE_OVERRIDES = [
@@ -103,13 +105,17 @@ def _console(driver: webdriver.Chrome, name: str) -> list[dict]:
     return entries
 
 
-def _screenshot(driver: webdriver.Chrome, name: str) -> Path:
-    """A full-page screenshot (the window grown to the page's height) in tests/_artifacts/."""
+def _screenshot(driver: webdriver.Chrome, name: str, docs_name: str | None = None,
+                max_height: int = 12000) -> Path:
+    """A full-page screenshot (the window grown to the page's height) in tests/_artifacts/, and
+    copied to docs/<docs_name> when given."""
     ARTIFACTS.mkdir(exist_ok=True)
     height = driver.execute_script("return Math.max(document.body.scrollHeight, 1000)")
-    driver.set_window_size(1400, min(int(height) + 40, 12000))
+    driver.set_window_size(1400, min(int(height) + 40, max_height))
     path = ARTIFACTS / f"{name}.png"
     driver.save_screenshot(str(path))
+    if docs_name:
+        shutil.copyfile(path, DOCS / docs_name)
     return path
 
 
@@ -125,7 +131,7 @@ def test_report_renders_every_chart_without_javascript_errors(browser: webdriver
             marks: Array.from(f.querySelectorAll('svg .pt')).filter(m => {
                 const r = m.getBoundingClientRect(); return r.width > 0 || r.height > 0; }).length,
             empty: (f.querySelector('.empty-state') || {}).textContent || ''}));""")
-    _screenshot(browser, "report")
+    _screenshot(browser, "report", "report.png", max_height=3000)  # docs: the table and first charts
     by_id = {f["id"]: f for f in figures}
     for chart in REQUIRED_CHARTS:
         assert by_id[chart]["points"] > 0, f"{chart}: no data ({by_id[chart]['empty']})"
@@ -183,6 +189,43 @@ def _expand_nested_runs(driver: webdriver.Chrome) -> None:
             return
 
 
+def _readable_runs_table(driver: webdriver.Chrome, metrics: tuple[str, ...] = ("val/acc", "test/acc")) -> None:
+    """What a researcher does first in the runs table: close the assistant panel, show the headline
+    metric columns instead of Dataset/Source/Models, widen the run names. Best effort: the MLflow UI's
+    markup is not an API, so a missing control only leaves the default view."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    try:
+        for close in driver.find_elements(By.CSS_SELECTOR, "button[data-component-id='mlflow.assistant.chat_panel.close']"):
+            close.click()
+        for name in ("Dataset", "Source", "Models", *metrics):  # each a toggle in the Columns menu
+            searches = driver.find_elements(By.CSS_SELECTOR, "input[placeholder='Search columns']")
+            if not searches:
+                [b for b in driver.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Columns"][0].click()
+                time.sleep(0.5)
+                searches = driver.find_elements(By.CSS_SELECTOR, "input[placeholder='Search columns']")
+            searches[0].send_keys(Keys.CONTROL, "a")
+            searches[0].send_keys(name)
+            time.sleep(0.5)
+            driver.execute_script(
+                "const t = arguments[0]; const hit = Array.from(document.querySelectorAll('label, span'))"
+                ".find(e => e.textContent.trim() === t && e.closest('[role=\"dialog\"], [role=\"menu\"],"
+                " [data-radix-popper-content-wrapper]')); if (hit) { hit.click(); }", name)
+            time.sleep(0.5)
+        for search in driver.find_elements(By.CSS_SELECTOR, "input[placeholder='Search columns']"):
+            search.send_keys(Keys.ESCAPE)
+        time.sleep(0.5)
+        handle = driver.execute_script(
+            "const h = Array.from(document.querySelectorAll('.ag-header-cell'))"
+            ".find(e => e.textContent.trim() === 'Run Name'); return h && h.querySelector('.ag-header-cell-resize');")
+        if handle is not None:
+            ActionChains(driver).drag_and_drop_by_offset(handle, 260, 0).perform()
+    except WebDriverException:
+        pass
+
+
 def test_mlflow_ui_lists_the_study_its_cells_and_trials(browser: webdriver.Chrome,
                                                         smoke: tuple[StudyData, Path], tmp_path: Path) -> None:
     data, _ = smoke
@@ -196,14 +239,15 @@ def test_mlflow_ui_lists_the_study_its_cells_and_trials(browser: webdriver.Chrom
         _wait_healthy(url, proc)
         browser.set_window_size(1400, 2400)  # the runs grid renders only the rows in view
         browser.get_log("browser")
-        browser.get(f"{url}/#/experiments/{data.experiment_id}/runs")
+        browser.get(experiment_url(url, data.experiment_id))  # opens the runs table, not Traces
         WebDriverWait(browser, 90).until(
             lambda d: data.study_run_name in d.find_element(By.TAG_NAME, "body").text)
         _expand_nested_runs(browser)
         expected = {data.study_run_name, *data.cells["run_name"], *data.trials["run_name"]}
         WebDriverWait(browser, 30).until(lambda d: expected <= {
             e.text for e in d.find_elements(By.CSS_SELECTOR, "a[href*='/runs/'] span")})
-        _screenshot(browser, "mlflow_runs")
+        _readable_runs_table(browser)
+        _screenshot(browser, "mlflow_runs", "mlflow_ui.png", max_height=2400)
         # The study run's page lists the report logged as an artifact.
         browser.get(f"{url}/#/experiments/{data.experiment_id}/runs/{data.study_run_id}/artifacts")
         WebDriverWait(browser, 60).until(lambda d: "report" in d.find_element(By.TAG_NAME, "body").text)

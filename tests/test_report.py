@@ -209,3 +209,24 @@ def test_report_of_a_study_run_without_trials_is_all_empty_states(data: StudyDat
     figures = _figures(html)
     assert figures and all(f["points"] == 0 and f["empty"] for f in figures.values())
     assert "This study run has no trial runs yet." in html
+
+
+def test_cell_table_names_each_settings_winner_its_margin_and_links_the_selected_trials(html: str, data: StudyData) -> None:
+    table = re.search(r'<table class="trials" id="cell-table".*?</table>', html, re.S).group(0)
+    rows = re.findall(r'<tr class="cell-row( winner)?">(.*?)</tr>', table, re.S)
+    trials = usable(data.trials, "val/acc")
+    assert len(rows) == trials["cell"].nunique() == 6  # 2 imbalance ratios x 3 methods
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", r[1], re.S) for r in rows]
+    by_ir: dict[str, list[tuple[bool, float, float]]] = {}
+    for (winner, _), tds in zip(rows, cells):
+        assert tds[1] in ("ce", "la", "backdoor")  # the method leads the grid columns
+        ir, test, margin = tds[2], float(tds[4].split()[0]), float(tds[5])
+        by_ir.setdefault(ir, []).append((bool(winner), test, margin))
+    for ir, entries in by_ir.items():
+        assert sum(w for w, _, _ in entries) == 1, ir  # one winner per setting
+        best, second = sorted((t for _, t, _ in entries), reverse=True)[:2]
+        assert [m for w, _, m in entries if w] == [pytest.approx(best - second, abs=0.011)]
+    # the winner's selected trial links to the run the selection picked
+    [sel] = select(trials[trials["cell"] == re.search(r">(c\d\d)</a>", rows[0][1]).group(1)], [], "val/acc")
+    assert all(f"/runs/{r}?" in rows[0][1] for r in sel.runs["run_id"])
+    assert "(n=2)" in cells[2][4]  # a backdoor run evaluated both seeds itself and says so

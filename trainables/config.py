@@ -11,6 +11,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trainables.registry import unknown_name_message
+
+#: The backbone families: name -> the module that registers its builder in
+#: ``trainables.backbones.BACKBONES`` (imported on first use). The one list of family names.
+BACKBONE_FAMILIES = {
+    "toy": "trainables.backbones.toy",
+    "open_clip": "trainables.backbones.open_clip_backbone",
+    "timm": "trainables.backbones.timm_backbone",
+}
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -74,7 +84,8 @@ class ToyPretrainConfig(_Strict):
 class BackboneConfig(_Strict):
     """A foundation model: open_clip, timm, or a toy model from the controlled world."""
 
-    family: Literal["toy", "open_clip", "timm"] = "toy"
+    family: str = Field("toy", description="backbone family (BACKBONE_FAMILIES)",
+                        json_schema_extra={"enum": list(BACKBONE_FAMILIES)})
     name: str = Field("toy-vit", description="model name in its family (e.g. ViT-B-16, vit_base_patch16_224)")
     pretrained: str | None = Field(None, description="open_clip pretrained tag, or 'true' for timm hub weights")
     checkpoint: str | None = Field(None, description="local checkpoint file (open_clip or timm format)")
@@ -83,6 +94,13 @@ class BackboneConfig(_Strict):
         default_factory=dict, description="extra keyword arguments of the family's model factory "
         "(timm.create_model, e.g. {img_size: 32}; open_clip.create_model, e.g. {vision_cfg: {...}})")
     pretrain: ToyPretrainConfig | None = Field(None, description="toy family only")
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, family: str) -> str:
+        if family not in BACKBONE_FAMILIES:
+            raise ValueError(unknown_name_message("backbone family", family, list(BACKBONE_FAMILIES)))
+        return family
 
     @model_validator(mode="after")
     def _family_fields(self) -> "BackboneConfig":

@@ -37,6 +37,15 @@ class Registry(Generic[T]):
         """Registered names, sorted."""
         return sorted(self._items)
 
+    def remove(self, name: str) -> T:
+        """Unregister ``name`` (a test's or a plugin's temporary entry); KeyError when unknown."""
+        self.get(name)
+        return self._items.pop(name)
+
+    def items(self) -> list[tuple[str, T]]:
+        """(name, object) pairs in registration order."""
+        return list(self._items.items())
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 

@@ -12,6 +12,7 @@ evaluate all seeds and report ``{metric}_std`` (stage 2), as platform.searcher d
 from __future__ import annotations
 
 import functools
+import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -20,12 +21,15 @@ from typing import Callable
 
 import numpy as np
 import optuna
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from platform.tracking import flatten
 from trainables.config import TrialConfig
+from trainables.contract import (SPEC_ARTIFACT_DIR, SPEC_FILE, Envelope, Level, Tag, grid_run_name,
+                                 trial_params, trial_run_name, trial_tags)
 from trainables.metrics import compute_metrics
+from trainables.selection import REPLICATES_METRIC
 
 C, DIM, K, N_MAX, VAL_PER_CLASS, TEST_PER_CLASS = 12, 16, 3, 200, 10, 30
 EPOCHS, STEPS_PER_EPOCH = 3, 40
@@ -135,7 +139,7 @@ def _config(ir: float, method: str, seed: int, **over: object) -> dict:
         "finetune": {"peft": "linear", "head": "linear", "epochs": EPOCHS},
         "seed": seed, "replicates": [{"finetune": s} for s in SEEDS],
     }).model_dump(mode="json")
-    flat = flatten(cfg)
+    flat = trial_params(cfg)  # what platform.tracking logs: only the params the method reads
     flat.update(over)
     return flat
 
@@ -151,11 +155,18 @@ def build_fake_study(root: Path, name: str = "fake-lt", irs: tuple[float, ...] =
     exp_id = client.create_experiment(name, artifact_location=(root / "mlartifacts").as_uri())
     log = _Logger(client, exp_id)
     if older_run:  # an earlier, aborted execution: the report must pick the latest one
-        old = log.run(f"{name} earlier", {"ltbias.level": "study", "ltbias.study": name}, {})
+        old = log.run(f"{name} earlier", {Tag.LEVEL: Level.STUDY, Tag.STUDY: name}, {})
         client.set_terminated(old, status="KILLED")
         time.sleep(0.01)
-    study_run = log.run(f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}", {"ltbias.level": "study", "ltbias.study": name},
-                        {"name": name, "search.metric": "val/acc", "search.mode": "max"})
+    grid = {"dataset.imbalance_ratio": list(irs), "method.name": list(methods)}
+    spec = {"name": name, "grid": grid, "search": {"metric": "val/acc", "mode": "max"}}
+    study_run = log.run(f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}", {Tag.LEVEL: Level.STUDY, Tag.STUDY: name},
+                        {"name": name, "search.metric": "val/acc", "search.mode": "max",
+                         **{f"grid.{k}": v for k, v in grid.items()}})
+    with tempfile.TemporaryDirectory() as tmp:  # the resolved spec, as platform.tracking logs it
+        path = Path(tmp, SPEC_FILE)
+        path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+        client.log_artifact(study_run, str(path), artifact_path=SPEC_ARTIFACT_DIR)
     out = FakeStudy(name, uri, storage, exp_id, study_run)
     world = _World()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -163,10 +174,10 @@ def build_fake_study(root: Path, name: str = "fake-lt", irs: tuple[float, ...] =
         for method in methods:
             cell = f"c{len(out.cells):02d}"
             out.cells.append(cell)
-            cell_run = log.run(f"{cell} ir={ir:g} {method}",
-                               {"ltbias.level": "cell", "ltbias.cell": cell, "mlflow.parentRunId": study_run,
-                                "ltbias.study_run": study_run},
-                               {"dataset.imbalance_ratio": ir, "method.name": method})
+            values = {"dataset.imbalance_ratio": ir, "method.name": method}
+            cell_run = log.run(grid_run_name(cell, values),
+                               {Tag.LEVEL: Level.CELL, Tag.CELL: cell, Tag.PARENT: study_run,
+                                Tag.STUDY_RUN: study_run}, values)
             sampler = optuna.samplers.RandomSampler(seed=zlib.crc32(cell.encode()))
             opt = optuna.create_study(study_name=f"{name}/{cell}", storage=storage, sampler=sampler, direction="maximize")
             runner = _backdoor_trial if method == "backdoor" else _train_trial
@@ -181,10 +192,13 @@ def build_fake_study(root: Path, name: str = "fake-lt", irs: tuple[float, ...] =
     return out
 
 
-def _trial_tags(cell: str, cell_run: str, study_run: str, trial_id: str, seed: object, number: object) -> dict[str, str]:
-    return {"ltbias.level": "trial", "ltbias.cell": cell, "mlflow.parentRunId": cell_run,
-            "ltbias.study_run": study_run, "ltbias.trial_id": trial_id, "ltbias.seed": str(seed),
-            "ltbias.optuna_trial": str(number)}
+def _envelope(cell: str, stage: int, group: int, seed: int | None, number: int | None) -> dict:
+    return Envelope(cell, stage, group=group, optuna_trial=number, seed=seed).to_dict()
+
+
+def _trial_tags(cell_run: str, study_run: str, trial_id: str, envelope: dict) -> dict[str, str]:
+    return {**trial_tags(envelope), Tag.LEVEL: Level.TRIAL, Tag.PARENT: cell_run,
+            Tag.STUDY_RUN: study_run, Tag.TRIAL_ID: trial_id}
 
 
 def _train_trial(world: _World, log: _Logger, out: FakeStudy, cell: str, cell_run: str, study_run: str,
@@ -195,8 +209,8 @@ def _train_trial(world: _World, log: _Logger, out: FakeStudy, cell: str, cell_ru
     values = []
     for seed in SEEDS:
         trial_id = f"{cell}_{trial.number:03d}_{seed}"
-        run = log.run(f"{cell}/o{trial.number}/s{seed}/{trial_id}",
-                      _trial_tags(cell, cell_run, study_run, trial_id, seed, trial.number),
+        envelope = _envelope(cell, 1, trial.number, seed, trial.number)
+        run = log.run(trial_run_name(envelope, trial_id), _trial_tags(cell_run, study_run, trial_id, envelope),
                       _config(ir, method, seed, **{"finetune.lr": lr}))
         result = _train(world, 0, ir, seed, lr, tau, report=lambda e, m: log.metrics(run, e, m))
         test = compute_metrics(result["test"], result["y_test"], result["counts"], world.q[0], split="test")
@@ -213,8 +227,8 @@ def _backdoor_trial(world: _World, log: _Logger, out: FakeStudy, cell: str, cell
     m = trial.suggest_int("backdoor.confounders", 1, K)
     weighting = trial.suggest_categorical("backdoor.weighting", ["uniform", "fitted"])
     trial_id = f"{cell}_{trial.number:03d}"
-    run = log.run(f"{cell}/o{trial.number}/sNone/{trial_id}",
-                  _trial_tags(cell, cell_run, study_run, trial_id, None, trial.number),
+    envelope = _envelope(cell, 2, trial.number, None, trial.number)
+    run = log.run(trial_run_name(envelope, trial_id), _trial_tags(cell_run, study_run, trial_id, envelope),
                   _config(ir, method, SEEDS[0], **{"backdoor.confounders": m, "backdoor.weighting": weighting}))
     per_seed = []
     for seed in SEEDS:
@@ -230,6 +244,7 @@ def _backdoor_trial(world: _World, log: _Logger, out: FakeStudy, cell: str, cell
     keys = per_seed[0].keys()
     final = {k: float(np.mean([p[k] for p in per_seed])) for k in keys}
     final.update({f"{k}_std": float(np.std([p[k] for p in per_seed], ddof=1)) for k in keys})
+    final[REPLICATES_METRIC] = float(len(per_seed))
     log.metrics(run, 0, final)
     log.client.set_terminated(run, status="FINISHED")
     out.trial_run_ids.append(run)
@@ -241,11 +256,12 @@ def _failed_trial(world: _World, log: _Logger, out: FakeStudy, cell: str, cell_r
     """A trial with the testing fault ``runtime.fault=crash_at_epoch:2``: it logs epoch 1, then
     fails and is marked FAILED with its error, as platform.tracking does."""
     trial_id = f"{cell}_fault"
-    run = log.run(f"{cell}/oNone/s0/{trial_id}", _trial_tags(cell, cell_run, study_run, trial_id, 0, None),
+    envelope = _envelope(cell, 1, 99, 0, None)
+    run = log.run(trial_run_name(envelope, trial_id), _trial_tags(cell_run, study_run, trial_id, envelope),
                   _config(ir, "la", 0, **{"runtime.fault": "crash_at_epoch:2"}))
     try:
         _train(world, 0, ir, 0, 0.5, 1.0, report=lambda e, m: log.metrics(run, e, m), crash_at_epoch=2)
     except RuntimeError as err:
-        log.client.set_tag(run, "ltbias.error", f"RuntimeError: {err}")
+        log.client.set_tag(run, Tag.ERROR, f"RuntimeError: {err}")
         log.client.set_terminated(run, status="FAILED")
         out.trial_run_ids.append(run)

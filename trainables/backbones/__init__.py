@@ -13,17 +13,11 @@ import os
 from typing import Callable, Sequence
 
 from trainables.backbones.base import Backbone
-from trainables.config import BackboneConfig, RuntimeConfig, ToyWorldConfig
+from trainables.config import BACKBONE_FAMILIES, BackboneConfig, RuntimeConfig, ToyWorldConfig
 from trainables.registry import Registry
 
 BackboneBuilder = Callable[[BackboneConfig, RuntimeConfig, list[str]], Backbone]
 BACKBONES: Registry[BackboneBuilder] = Registry("backbone family")
-
-_FAMILY_MODULES = {
-    "toy": "trainables.backbones.toy",
-    "open_clip": "trainables.backbones.open_clip_backbone",
-    "timm": "trainables.backbones.timm_backbone",
-}
 
 
 def build_backbone(cfg: BackboneConfig, runtime: RuntimeConfig, class_names: list[str],
@@ -34,8 +28,8 @@ def build_backbone(cfg: BackboneConfig, runtime: RuntimeConfig, class_names: lis
     ``prompt_templates`` (text-tower families) and ``world`` (the toy family: the data set's world)
     reach only the builders whose signature names them; the others keep the three-argument contract.
     """
-    if cfg.family not in BACKBONES and cfg.family in _FAMILY_MODULES:
-        importlib.import_module(_FAMILY_MODULES[cfg.family])  # registers the family's builder
+    if cfg.family not in BACKBONES and cfg.family in BACKBONE_FAMILIES:
+        importlib.import_module(BACKBONE_FAMILIES[cfg.family])  # registers the family's builder
     builder = BACKBONES.get(cfg.family)
     accepted = inspect.signature(builder).parameters
     extra = {k: v for k, v in (("prompt_templates", tuple(prompt_templates)), ("world", world))

@@ -36,8 +36,9 @@ def _gla(logits: torch.Tensor, cfg: MethodConfig, train_counts: np.ndarray,
             - cfg.tau * log_train_prior(train_counts).to(logits.device, logits.dtype))
 
 
-register(Method("posthoc_la", "posthoc", adjust_fn=_posthoc_la, doc=_posthoc_la.__doc__ or ""))
+register(Method("posthoc_la", "posthoc", adjust_fn=_posthoc_la, params=("tau", "base_method"),
+                doc=_posthoc_la.__doc__ or ""))
 register(Method("posthoc_prior", "posthoc", adjust_fn=_posthoc_prior, needs_prior=True,
-                doc=_posthoc_prior.__doc__ or ""))
-register(Method("gla", "posthoc", adjust_fn=_gla, needs_prior=True, needs_zeroshot=True,
+                params=("tau", "base_method"), doc=_posthoc_prior.__doc__ or ""))
+register(Method("gla", "posthoc", adjust_fn=_gla, needs_prior=True, needs_zeroshot=True, params=("tau", "base_method"),
                 doc=_gla.__doc__ or ""))

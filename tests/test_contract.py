@@ -1,0 +1,165 @@
+"""The contract between trial, tracking and dashboards (trainables.contract), end to end.
+
+A tiny study goes through the real ``platform.tracking`` tracker (no Ray: the callback's methods
+are driven by hand with the configs the searcher would emit) and is read back through
+``dashboards.data.load_study``: what the dashboards see is what tracking logged.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from plans import plan_from_text
+from platform.execute import select_rows
+from platform.tracking import MLflowStudyCallback
+from dashboards.data import PARAM_PREFIX, load_study
+from dashboards.summary import select, usable
+from trainables.contract import (EXPERIMENT_KIND_TRAINING, GRID_PARAM_PREFIX, META_KEY, Envelope, Tag,
+                                 trial_params, with_envelope)
+
+REPO = Path(__file__).resolve().parent.parent
+
+STUDY = """
+name: contract-test
+dataset: {{name: toy_lt, imbalance_ratio: 10, val_per_class: 5,
+          world: {{num_classes: 5, n_max: 40, test_per_class: 10, image_size: 16}}}}
+backbones: [{{family: toy, pretrain: {{corpus_size: 1000, epochs: 3, width: 32, depth: 1}}}}]
+finetune: {{peft: linear, head: linear, epochs: 2, batch_size: 64, augment: false}}
+grid:
+  dataset.imbalance_ratio: [10, 100]
+  method.name: [ce, la]
+seeds: [0, 1]
+storage: {tmp}/storage
+tracking_uri: sqlite:///{tmp}/mlflow.db
+"""
+
+
+class _Trial:
+    """What the callback reads of a Tune trial."""
+
+    def __init__(self, trial_id: str, config: dict) -> None:
+        self.trial_id, self.config, self.checkpoint, self.num_failures = trial_id, config, None, 0
+
+
+def _val(cell_index: int, group: int, seed: int) -> float:
+    """A made-up but distinct objective: group 1 wins in even cells, group 0 in odd ones."""
+    return 0.5 + 0.1 * ((group + cell_index) % 2) + 0.01 * seed + 0.001 * cell_index
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("contract")
+    plan = plan_from_text(STUDY, tmp)
+    callback = MLflowStudyCallback(plan.tracking_uri, plan, str(tmp / "storage" / plan.study.name))
+    callback.setup()
+    records = []
+    for ci, cell in enumerate(plan.cells):
+        for group in (0, 1):
+            for seed in (0, 1):
+                config = with_envelope(dict(cell.base_config, seed=seed),
+                                       Envelope(cell.id, 1, group=group, optuna_trial=group, seed=seed))
+                trial = _Trial(f"{cell.id}_{group}_{seed}", config)
+                result = {"epoch": 2, "val/acc": _val(ci, group, seed), "test/acc": 0.4 + 0.1 * group,
+                          "test/bal_acc": 0.123456789, "training_iteration": 2}
+                callback.on_trial_start(0, [], trial)
+                callback.on_trial_result(0, [], trial, result)
+                callback.on_trial_complete(0, [], trial)
+                records.append({"trial_id": trial.trial_id, "config": config, "status": "TERMINATED",
+                                "result": result})
+    rows = select_rows(plan, records)
+    callback.finish(rows, failed_trials=0)
+    return plan, rows, callback, load_study(plan.study.name, plan.tracking_uri)
+
+
+def test_dashboards_read_the_grid_and_cell_values_tracking_logged(tracked):
+    plan, rows, _, data = tracked
+    assert data.grid == {"dataset.imbalance_ratio": [10, 100], "method.name": ["ce", "la"]}
+    cells = data.cells.set_index("cell")
+    for cell in plan.cells:
+        for axis, value in cell.values.items():
+            got = cells.loc[cell.id, PARAM_PREFIX + axis]
+            assert got == value and isinstance(got, str) == isinstance(value, str)  # not a parsed string
+    # every trial carries its cell's grid values, typed as the spec gave them
+    assert data.trials["param.dataset.imbalance_ratio"].dtype == "Int64"
+    assert set(data.trials["param.method.name"]) == {"ce", "la"}
+
+
+def test_driver_and_dashboards_select_the_same_trials(tracked):
+    _, rows, _, data = tracked
+    cells = data.cells.set_index("cell")
+    trials = usable(data.trials, "val/acc")
+    for row in rows:
+        assert row["selected"] and row["n_seeds"] == 2
+        assert cells.loc[row["cell"], "selected_trials"] == row["trial_ids"]
+        [sel] = select(trials[trials["cell"] == row["cell"]], [], "val/acc")
+        assert sorted(sel.runs["trial_id"]) == sorted(row["trial_ids"])
+        assert sorted(sel.runs["run_id"]) == sorted(cells.loc[row["cell"], "selected_runs"])
+
+
+def test_run_names_are_readable_and_never_none(tracked):
+    plan, _, _, data = tracked
+    names = dict(zip(data.cells["cell"], data.cells["run_name"]))
+    assert names[plan.cells[0].id] == f"{plan.cells[0].id} imbalance_ratio=10 method=ce"
+    assert all("None" not in n for n in list(data.trials["run_name"]) + list(names.values()))
+    assert all(n.startswith(f"{c} g") and " seed" in n for c, n in zip(data.trials["cell"], data.trials["run_name"]))
+
+
+def test_each_trial_logs_only_the_params_its_method_reads(tracked):
+    _, _, _, data = tracked
+    params = data.trials.set_index("trial_id")
+    ce, la = params.loc["c00_0_0"], params.loc["c01_0_0"]
+    assert ce["param.method.name"] == "ce" and la["param.method.name"] == "la"
+    assert ce.isna()["param.method.tau"] and not la.isna()["param.method.tau"]
+    assert not any(c.startswith(("param.backdoor.", "param.pool.")) for c in data.param_columns)
+    assert not any(c.startswith(f"param.{META_KEY}.") for c in data.param_columns)
+
+
+def test_study_and_cell_runs_carry_grid_axes_selection_and_rounded_headlines(tracked, tmp_path):
+    plan, rows, callback, data = tracked
+    client = MlflowClient(plan.tracking_uri)
+    assert "method.name" not in data.study_params  # swept by the grid: shown as grid.method.name
+    assert data.study_params[GRID_PARAM_PREFIX + "method.name"] == "['ce', 'la']"
+    experiment = client.get_experiment(data.experiment_id)
+    assert experiment.tags[Tag.EXPERIMENT_KIND] == EXPERIMENT_KIND_TRAINING
+    cell_run = client.get_run(data.cells["run_id"].iloc[0])
+    assert cell_run.data.metrics["test/bal_acc"] == round(0.123456789, 4)
+    assert cell_run.data.tags[Tag.SELECTED_TRIAL] == ",".join(rows[0]["trial_ids"])
+    table = client.download_artifacts(data.study_run_id, "summary/cells.csv", str(tmp_path))
+    summary = list(csv.DictReader(io.StringIO(Path(table).read_text(encoding="utf-8"))))
+    assert [r["cell"] for r in summary] == [c.id for c in plan.cells]
+    assert summary[0]["selected_trials"] == " ".join(rows[0]["trial_ids"])
+    assert summary[0]["method.name"] == "ce" and summary[0]["val/acc"] == f"{rows[0]['val/acc']:.4g}"
+
+
+def test_trial_params_of_a_posthoc_method_include_its_base_methods_fields():
+    config = {"method": {"name": "posthoc_la", "tau": 1.5, "gamma": 2.0, "base_method": "focal"},
+              "backdoor": {"confounders": 3}, "seed": 0}
+    assert trial_params(config) == {"method.name": "posthoc_la", "method.tau": 1.5,
+                                    "method.base_method": "focal", "method.gamma": 2.0, "seed": 0}
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    """For each module file of ``package``: the top-level package names it imports."""
+    out = {}
+    for path in sorted((REPO / package).rglob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        out[str(path.relative_to(REPO))] = names
+    return out
+
+
+@pytest.mark.parametrize("package, forbidden", [("trainables", {"platform", "dashboards"}),
+                                                ("dashboards", {"platform"})])
+def test_lower_packages_never_import_higher_ones(package, forbidden):
+    offenders = {f: sorted(names & forbidden) for f, names in _imports(package).items() if names & forbidden}
+    assert not offenders, f"{package} must not import {sorted(forbidden)}: {offenders}"

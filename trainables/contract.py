@@ -1,0 +1,259 @@
+"""The contract between a trial, tracking (``platform.tracking``) and the dashboards.
+
+One module names everything that crosses those seams, so that a writer and its readers cannot
+drift apart: ``trainables`` is the lowest layer, so ``platform`` and ``dashboards`` both import it.
+
+- **The trial envelope.** A Tune trial config is a ``TrialConfig`` dict plus one top-level key,
+  ``META_KEY``, holding the trial's place in the study (:class:`Envelope`: cell, stage, replicate
+  group, Optuna trial number, seed). The trainable strips it before validating.
+- **MLflow names.** Tag names (:class:`Tag`), run levels (:class:`Level`), artifact folders, the
+  prefix of grid values on the study run.
+- **What each run carries.**
+
+  ========  =====================================================================================
+  study     tags level/study/spec_hash/storage/git_commit; params: the resolved spec flattened,
+            except the paths a grid axis sweeps, which appear as ``grid.<path>`` = the axis'
+            values; artifacts ``spec/study.yaml`` (resolved spec) and ``summary/cells.csv``
+            (one row per cell: grid values, selected trial, headline metrics)
+  cell      tags level/cell/study_run/kind/label and, once selected, ``ltbias.selected_trial``
+            (Tune trial id) and ``ltbias.selected_run`` (its MLflow run id); params: the cell's
+            grid values by study path; metrics: the selected configuration's ``HEADLINE_METRICS``
+            and ``n_trials``
+  trial     tags level/cell/study_run/trial_id/stage/group (+ seed, optuna_trial when set);
+            params: :func:`trial_params` of the trial config (only what its method reads);
+            metrics per report at step = epoch; artifacts: the trainable's files, one level deep
+  ========  =====================================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+META_KEY = "ltbias"
+"""Top-level trial-config key carrying the trial's :class:`Envelope`; never part of TrialConfig."""
+
+STAGE1_CELL = "stage1"
+"""Cell id of the plan's prerequisite stage-1 trials (not a grid cell)."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A trial's place in the study.
+
+    ``group`` numbers the configurations of a cell: the replicates (seeds) of one configuration share
+    it, and selection compares groups by their mean objective. ``optuna_trial`` is the Optuna trial
+    number (None without a search), ``seed`` the replicate's seed and ``replicate`` its label when
+    replicates vary more than the fine-tuning seed (both None when the trial evaluates every
+    replicate itself, as post-hoc and ensemble trials do).
+    """
+
+    cell: str
+    stage: int
+    group: int = 0
+    optuna_trial: int | None = None
+    seed: int | None = None
+    replicate: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored under ``META_KEY``."""
+        return asdict(self)
+
+
+def trial_meta(config: Mapping) -> dict:
+    """The envelope block of a Tune trial config ({} for a config the searcher did not make)."""
+    meta = config.get(META_KEY) if isinstance(config, Mapping) else None
+    return dict(meta) if isinstance(meta, Mapping) else {}
+
+
+def strip_meta(config: Mapping) -> dict:
+    """A copy of a Tune trial config without the envelope: a plain TrialConfig dict."""
+    return {k: v for k, v in config.items() if k != META_KEY}
+
+
+def with_envelope(config: dict, envelope: Envelope) -> dict:
+    """``config`` with its envelope set (in place; returned for chaining)."""
+    config[META_KEY] = envelope.to_dict()
+    return config
+
+
+class Level:
+    """Values of ``Tag.LEVEL``: the three nested run levels."""
+
+    STUDY = "study"
+    CELL = "cell"
+    TRIAL = "trial"
+
+
+class Tag:
+    """MLflow tag names written by tracking and read by the dashboards."""
+
+    LEVEL = "ltbias.level"
+    STUDY = "ltbias.study"
+    STUDY_RUN = "ltbias.study_run"
+    SPEC_HASH = "ltbias.spec_hash"
+    STORAGE = "ltbias.storage"
+    GIT_COMMIT = "ltbias.git_commit"
+    CELL = "ltbias.cell"
+    KIND = "ltbias.kind"
+    LABEL = "ltbias.label"
+    SELECTED_TRIAL = "ltbias.selected_trial"
+    SELECTED_RUN = "ltbias.selected_run"
+    TRIAL_ID = "ltbias.trial_id"
+    STAGE = "ltbias.stage"
+    GROUP = "ltbias.group"
+    SEED = "ltbias.seed"
+    REPLICATE = "ltbias.replicate"
+    #: study run: the execution id that names its Optuna studies <study>/<execution>/<cell>
+    EXECUTION = "ltbias.execution"
+    OPTUNA_TRIAL = "ltbias.optuna_trial"
+    LAST_STEP = "ltbias.last_step"
+    ERROR = "ltbias.error"
+    RETRIES = "ltbias.retries"
+    LAST_ERROR = "ltbias.last_error"
+    PARENT = "mlflow.parentRunId"
+    #: MLflow's own experiment tag choosing the experiment's default page (runs, not traces).
+    EXPERIMENT_KIND = "mlflow.experimentKind"
+
+
+#: ``Tag.EXPERIMENT_KIND`` value for training runs: the experiment opens on its runs table.
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+
+#: Query of our links into the MLflow UI (3.x): its machine-learning view, whose experiment page is
+#: the runs table (the UI's default workflow, GenAI, opens experiments on Traces).
+UI_QUERY = "workflowType=machine_learning"
+
+#: Study-run param prefix of the grid axes: ``grid.<study path>`` = the axis' values.
+GRID_PARAM_PREFIX = "grid."
+SPEC_ARTIFACT_DIR, SPEC_FILE = "spec", "study.yaml"
+SUMMARY_ARTIFACT_DIR, SUMMARY_FILE = "summary", "cells.csv"
+#: Folder of a trial checkpoint whose files tracking logs (at the run's artifact root).
+TRIAL_ARTIFACT_DIR = "artifacts"
+
+#: The metrics a cell run carries for its selected configuration (those that exist).
+HEADLINE_METRICS = ("val/acc", "test/acc", "test/bal_acc", "test/worst_class_acc",
+                    "test/d_few", "test/p_few")
+#: Digits of metric values wherever we format them for people (tables, run names, the summary).
+DISPLAY_DIGITS = 4
+
+#: Trial-config sections that only ensemble methods (backdoor) read.
+ENSEMBLE_SECTIONS = ("pool", "backdoor")
+
+
+def display(value: Any, digits: int = DISPLAY_DIGITS) -> str:
+    """A value as people read it: floats rounded to ``digits`` significant digits, ``-`` for None."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(display(v, digits) for v in value) + "]"
+    return str(value)
+
+
+def grid_run_name(cell_id: str, values: Mapping[str, Any]) -> str:
+    """A cell's run name: its id and every grid value, ``c03 method=la imbalance_ratio=100``.
+
+    Each axis is named by its last path part, or by the part before a final ``name``
+    (``method.name`` -> ``method``); the full path is the cell's param of the same value.
+    """
+    return " ".join([cell_id, *(f"{axis_label(path)}={display(v)}" for path, v in values.items())])
+
+
+def axis_label(path: str) -> str:
+    """The short name of a study path in run names: ``method.name`` -> ``method``,
+    ``dataset.imbalance_ratio`` -> ``imbalance_ratio``."""
+    parts = path.split(".")
+    return parts[-2] if len(parts) > 1 and parts[-1] == "name" else parts[-1]
+
+
+def trial_run_name(envelope: Mapping[str, Any], trial_id: str, config: Mapping[str, Any] | None = None
+                   ) -> str:
+    """A trial's run name from its envelope, never None: ``c03 g2 seed1 <trial id>`` (no seed part
+    when the trial evaluates every seed itself). A stage-1 prerequisite names what it fine-tunes:
+    ``stage1 la toy[all,ir10,shuffled,s0] seed0 <trial id>``."""
+    cell = str(envelope.get("cell") or STAGE1_CELL)
+    parts = [cell]
+    if cell == STAGE1_CELL and config is not None:
+        from trainables.config import BackboneConfig
+        parts.append(str((config.get("method") or {}).get("name")))
+        parts.append(BackboneConfig.model_validate(config.get("backbone") or {}).display())
+    else:
+        parts.append(f"g{envelope.get('group') or 0}")
+    if envelope.get("replicate") is not None:
+        parts.append(str(envelope["replicate"]))
+    elif envelope.get("seed") is not None:
+        parts.append(f"seed{envelope['seed']}")
+    return " ".join([*parts, trial_id])
+
+
+def trial_tags(envelope: Mapping[str, Any]) -> dict[str, str]:
+    """The envelope as trial-run tags (None fields left out)."""
+    names = {"cell": Tag.CELL, "stage": Tag.STAGE, "group": Tag.GROUP, "seed": Tag.SEED,
+             "replicate": Tag.REPLICATE, "optuna_trial": Tag.OPTUNA_TRIAL}
+    return {tag: str(envelope[k]) for k, tag in names.items() if envelope.get(k) is not None}
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}``; lists of dicts flatten by index, other lists stay values."""
+    out: dict[str, Any] = {}
+    if isinstance(tree, Mapping):
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+    elif isinstance(tree, list) and tree and all(isinstance(v, Mapping) for v in tree):
+        for i, value in enumerate(tree):
+            out.update(flatten(value, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = tree
+    return out
+
+
+def method_fields(method: Mapping[str, Any], prefix: str = "method") -> dict[str, Any]:
+    """The ``method`` block as params: its name plus only the fields its registered method reads."""
+    from trainables.methods import METHODS
+    name = method.get("name")
+    reads: tuple[str, ...] = tuple(k for k in method if k != "name")
+    if name in METHODS:
+        reads = METHODS.get(name).params
+        base = method.get("base_method")
+        if METHODS.get(name).kind == "posthoc" and base in METHODS:  # it corrects its base's logits
+            reads = tuple(dict.fromkeys(reads + METHODS.get(base).params))
+    return {f"{prefix}.name": name, **{f"{prefix}.{k}": method[k] for k in reads if k in method}}
+
+
+def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The params a trial run logs: the flattened trial config, limited to what the trial reads.
+
+    The ``method`` block keeps only the fields its method reads (``Method.params``); ``pool`` and
+    ``backdoor`` appear only for ensemble methods, whose stratum method is limited the same way.
+    """
+    from trainables.methods import METHODS
+    config = strip_meta(config)
+    method = config.get("method") or {}
+    name = method.get("name")
+    ensemble = name in METHODS and METHODS.get(name).kind == "ensemble"
+    out: dict[str, Any] = {}
+    for section, value in config.items():
+        if section == "method":
+            out.update(method_fields(method))
+        elif section in ENSEMBLE_SECTIONS:
+            if not ensemble:
+                continue
+            if section == "backdoor" and isinstance(value, Mapping):
+                value = dict(value)
+                stratum = value.pop("stratum_method", None) or {}
+                out.update(flatten(value, "backdoor."))
+                out.update(method_fields(stratum, "backdoor.stratum_method"))
+            else:
+                out.update(flatten(value, f"{section}."))
+        else:
+            out.update(flatten(value, f"{section}."))
+    return out
+
+
+__all__ = ["DISPLAY_DIGITS", "ENSEMBLE_SECTIONS", "EXPERIMENT_KIND_TRAINING", "Envelope",
+           "GRID_PARAM_PREFIX", "HEADLINE_METRICS", "Level", "META_KEY", "STAGE1_CELL",
+           "SPEC_ARTIFACT_DIR", "SPEC_FILE", "SUMMARY_ARTIFACT_DIR", "SUMMARY_FILE", "Tag",
+           "TRIAL_ARTIFACT_DIR", "UI_QUERY", "axis_label", "display", "flatten", "grid_run_name", "method_fields",
+           "strip_meta", "trial_meta", "trial_params", "trial_run_name", "trial_tags",
+           "with_envelope"]
