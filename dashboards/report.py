@@ -23,6 +23,7 @@ from dashboards import charts
 from dashboards.cells import CellSearch, analyse_cell
 from dashboards.charts import Axis, Chart, Series, Stat
 from dashboards.data import PARAM_PREFIX, StudyData, experiment_url, run_url
+from trainables.contract import Tag
 from trainables.registry import Registry
 from dashboards.summary import (BACKDOOR, CONFOUNDERS, EFFECTIVE_M, GROUPS, IMBALANCE, METHOD, PERCENT,
                                 WEIGHTING, axis_name, grid_axes, searched_params, select,
