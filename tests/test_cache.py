@@ -29,7 +29,8 @@ def _result(seed: int = 0) -> Stage1Result:
 def test_key_depends_on_what_determines_results_only():
     base = TrialConfig()
     same = TrialConfig.model_validate({"runtime": {"cache_dir": "/elsewhere", "artifacts": False},
-                                       "backbone": {"label": "nice name"}, "seeds": [7, 8]})
+                                       "backbone": {"label": "nice name"},
+                                       "replicates": [{"finetune": 7}, {"finetune": 8}]})
     assert stage1_key(base) == stage1_key(same)
     for change in ({"seed": 1}, {"method": {"name": "ce"}}, {"finetune": {"lr": 0.02}},
                    {"dataset": {"imbalance_ratio": 10}}, {"backbone": {"pretrain": {"seed": 1}}}):
