@@ -169,7 +169,7 @@ def test_ldam_drw_equals_lifts_ldam_with_the_cosine_scale(epoch, drw):
     cfg = MethodConfig(name="ldam_drw", ldam_max_margin=0.5, beta=0.9999, drw_epoch_frac=0.8)
     loss = get_method("ldam_drw").make_loss(cfg, counts, 10, None, logit_scale=25.0)(logits, y, epoch)
     weight = None
-    if drw:  # kaidic/LDAM-DRW cifar_train.py: effective-number weights normalised to sum C
+    if drw:  # kaidic/LDAM-DRW cifar_train.py lines 203-205: effective-number weights normalised to sum C
         w = (1 - 0.9999) / (1 - np.power(0.9999, counts))
         weight = torch.tensor(w / w.sum() * len(counts), dtype=torch.float32)
     ref = _lift_ldam(torch.tensor(counts, dtype=torch.float32), logits, y, max_m=0.5, s=25.0, weight=weight)
