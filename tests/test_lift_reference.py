@@ -89,7 +89,7 @@ def _lift_ldam(cls_num_list: torch.Tensor, logit: torch.Tensor, target: torch.Te
     """Port of LIFT utils/losses.py ``LDAMLoss`` (lines 25-44; CPU tensors instead of
     torch.cuda.FloatTensor). LIFT's trainer passes s=cfg.scale, the cosine classifier's scale 25
     (utils/config.py line 30). ``weight`` is the deferred re-weighting of kaidic/LDAM-DRW
-    (cifar_train.py: per_cls_weights into F.cross_entropy), absent from LIFT."""
+    at 2536330 (cifar_train.py lines 199-206: per_cls_weights into F.cross_entropy), absent from LIFT."""
     m_list = 1.0 / torch.sqrt(torch.sqrt(cls_num_list))
     m_list = m_list * (max_m / torch.max(m_list))
     index = torch.zeros_like(logit, dtype=torch.uint8)
