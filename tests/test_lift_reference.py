@@ -89,7 +89,7 @@ def _lift_ldam(cls_num_list: torch.Tensor, logit: torch.Tensor, target: torch.Te
     """Port of LIFT utils/losses.py ``LDAMLoss`` (lines 25-44; CPU tensors instead of
     torch.cuda.FloatTensor). LIFT's trainer passes s=cfg.scale, the cosine classifier's scale 25
     (utils/config.py line 30). ``weight`` is the deferred re-weighting of kaidic/LDAM-DRW
-    (cifar_train.py: per_cls_weights into F.cross_entropy), absent from LIFT."""
+    at 2536330 (cifar_train.py lines 199-206: per_cls_weights into F.cross_entropy), absent from LIFT."""
     m_list = 1.0 / torch.sqrt(torch.sqrt(cls_num_list))
     m_list = m_list * (max_m / torch.max(m_list))
     index = torch.zeros_like(logit, dtype=torch.uint8)
@@ -169,7 +169,7 @@ def test_ldam_drw_equals_lifts_ldam_with_the_cosine_scale(epoch, drw):
     cfg = MethodConfig(name="ldam_drw", ldam_max_margin=0.5, beta=0.9999, drw_epoch_frac=0.8)
     loss = get_method("ldam_drw").make_loss(cfg, counts, 10, None, logit_scale=25.0)(logits, y, epoch)
     weight = None
-    if drw:  # kaidic/LDAM-DRW cifar_train.py: effective-number weights normalised to sum C
+    if drw:  # kaidic/LDAM-DRW cifar_train.py lines 203-205: effective-number weights normalised to sum C
         w = (1 - 0.9999) / (1 - np.power(0.9999, counts))
         weight = torch.tensor(w / w.sum() * len(counts), dtype=torch.float32)
     ref = _lift_ldam(torch.tensor(counts, dtype=torch.float32), logits, y, max_m=0.5, s=25.0, weight=weight)
