@@ -527,7 +527,7 @@ class MLflowStudyCallback(Callback):
     def finish(self, rows: list[dict], failed_trials: int, status: str = "FINISHED") -> None:
         """Log each cell's selected configuration to its run and close the cell and study runs."""
         self.flush()
-        metric = self.plan.metric
+        metrics_of = headline_metrics(self.plan.metric)
         for row in rows:
             run_id = self.tracker.cell_run(str(row["cell"]))
             metrics = {key: round(v, DISPLAY_DIGITS) for name in metrics_of
@@ -535,12 +535,18 @@ class MLflowStudyCallback(Callback):
             metrics["n_trials"] = row.get("n_trials", 0)
             params = {f"best.{k}": v for k, v in (row.get("best_config") or {}).items()}
             self.tracker.log_summary(run_id, metrics, params)
+            trial_ids = list(row.get("trial_ids") or [])
+            if trial_ids:
+                self.tracker.client.set_tag(run_id, Tag.SELECTED_TRIAL, _tag_value(",".join(trial_ids)))
+                selected = [self.tracker._trial_runs[t] for t in trial_ids if t in self.tracker._trial_runs]
+                if selected:
+                    self.tracker.client.set_tag(run_id, Tag.SELECTED_RUN, _tag_value(",".join(selected)))
         # A cell whose every trial failed is FAILED, with the first trial's reason.
         failed_cells = {str(r["cell"]): r.get("error") or "every trial failed" for r in rows
                         if r.get("n_trials") and r.get("n_failed") == r.get("n_trials")}
         for cell_id, run_id in self.tracker._cell_runs.items():
             if cell_id in failed_cells and status == "FINISHED":
-                self.tracker.client.set_tag(run_id, "ltbias.error", _tag_value(failed_cells[cell_id]))
+                self.tracker.client.set_tag(run_id, Tag.ERROR, _tag_value(failed_cells[cell_id]))
                 self.tracker.end(run_id, "FAILED")
             else:
                 self.tracker.end(run_id, status)
