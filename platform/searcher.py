@@ -5,9 +5,12 @@
 1. the plan's prerequisite stage-1 trials (cell id ``stage1``), which fill the stage-1 cache that
    post-hoc and ensemble cells read;
 2. each cell's trials. A cell with a search space gets its own Optuna study
-   (``<study>/<cell id>``) in the plan's Optuna storage (a journal file); ``study.ask`` proposes parameters that are
+   (``<study>/<execution>/<cell id>``) in the plan's Optuna storage (a journal file); ``study.ask()``
+   then define-by-run sampling (``platform.space.sample``, conditional parameters skipped) proposes
+   parameters that are
    written into the cell's base trial config by dotted path. A ``train`` cell runs each Optuna
-   trial once per seed (a *seed group*); Optuna is told the mean of the group's final metric once
+   trial once per replicate (a *seed group*; ``trainables.config.apply_replicate`` sets its world,
+   pre-training and fine-tuning seeds); Optuna is told the mean of the group's final metric once
    the whole group has finished. Members that errored or never reported the metric are left out of
    the mean; a group with no usable member is told FAIL. Post-hoc and ensemble cells run one Tune
    trial per Optuna trial (the trainable evaluates all seeds itself). They are emitted as soon
