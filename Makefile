@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo test test-fast bench report ui schema clean
+.PHONY: demo test test-fast bench faults report ui schema clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m platform.run studies/ablate_confounder.yaml --resume
+	$(PY) -m platform.run studies/ablate_confounder.yaml --resume-if-any
 	$(PY) -m platform.report studies/ablate_confounder.yaml
 
 test: $(STAMP)
@@ -22,6 +22,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+faults: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) -m benchmarks.faults
 
 report: $(STAMP)
 	$(PY) -m platform.report studies/ablate_confounder.yaml

@@ -86,3 +86,13 @@ def rounded(d: dict, digits: int = 4) -> dict:
             return [r(x) for x in v]
         return v
     return r(d)
+
+
+def main_of(name: str) -> None:
+    """``python -m benchmarks.bench_X [--quick] ...``: run benchmark ``name`` alone through
+    ``benchmarks.run`` (same JSON and summary)."""
+    import sys
+
+    from benchmarks.run import main
+
+    sys.exit(1 if main(["--only", name, *sys.argv[1:]]) else 0)

@@ -22,7 +22,7 @@ NAME = "backdoor_vs_stage1"
 
 
 def demo_like(workdir: Path, quick: bool, weighting: str) -> dict:
-    """A backdoor trial shaped like the demo's: 20 classes, pool of 4 views, 2 seeds (smaller when quick)."""
+    """A backdoor trial shaped like the demo's: 20 classes, pool of 4 views, 2 fine-tuning seeds (smaller when quick)."""
     views = ["top", "bottom"] if quick else ["top", "bottom", "left", "right"]
     pool = [{"family": "toy", "label": f"toy-{v}", "pretrain": {**TOY_PRETRAIN, "view": v}} for v in views]
     world = {"num_classes": 6, "n_max": 40, "test_per_class": 10} if quick else \
@@ -32,9 +32,10 @@ def demo_like(workdir: Path, quick: bool, weighting: str) -> dict:
         backbone=pool[0], pool=pool,
         finetune={"peft": "adaptformer", "head": "text", "epochs": 1 if quick else 4, "lr": 0.02,
                   "batch_size": 128, "augment": False},
-        method={"name": "backdoor"}, seeds=[0] if quick else [0, 1],
+        method={"name": "backdoor"},
+        replicates=[{"finetune": 0}] if quick else [{"finetune": 0}, {"finetune": 1}],
         backdoor={"confounders": len(pool), "weighting": weighting, "aggregation": "logit",
-                  "stratum_method": {"name": "la", "tau": 1.0}},
+                  "stratum_method": {"name": "la", "tau": 1.0}, "baselines": [{"name": "la"}]},
         runtime={"artifacts": True})
 
 
@@ -54,7 +55,7 @@ def run(workdir: Path, quick: bool = False) -> dict:
         c["runtime"]["cache_dir"] = str(cache)
     setup_s = timed_run(configs["uniform"])  # trains every stratum once into the cache (and the zoo)
     cfg = TrialConfig.model_validate(configs["uniform"])
-    stratum = stage1_config(cfg, cfg.pool[0], cfg.backdoor.stratum_method, cfg.seeds[0]).model_dump(mode="json")
+    stratum = stage1_config(cfg, cfg.pool[0], cfg.backdoor.stratum_method, cfg.seed).model_dump(mode="json")
     stage1, backdoor = [], {w: [] for w in configs}
     for _ in range(repeats):
         with tempfile.TemporaryDirectory(prefix="bench-empty-cache-") as empty:
@@ -64,7 +65,7 @@ def run(workdir: Path, quick: bool = False) -> dict:
     ratios = {w: median(v) / median(stage1) for w, v in backdoor.items()}
     details = {
         "headline": "weighting 'fitted' (the slowest weighting the demo searches)",
-        "backdoor_trial": f"M={len(cfg.pool)} strata x {len(cfg.seeds)} seeds read from the stage-1 cache",
+        "backdoor_trial": f"M={len(cfg.pool)} strata x {len(cfg.replicates)} replicates read from the stage-1 cache",
         "stage1_trial": "one stratum (pool[0], la, seed 0), fresh cache, zoo warm",
         "stage1_seconds": stage1, **{f"backdoor_{w}_seconds": v for w, v in backdoor.items()},
         **{f"ratio_{w}": r for w, r in ratios.items()},

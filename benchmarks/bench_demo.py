@@ -21,8 +21,8 @@ STUDY = "studies/ablate_confounder.yaml"
 REPO = Path(__file__).resolve().parent.parent
 QUICK_OVERRIDES = ["dataset.world={num_classes: 6, n_max: 30, test_per_class: 5}", "dataset.val_per_class=3",
                    "finetune.epochs=1", "search.num_samples=1", "seeds=[0]",
-                   "grid.dataset.imbalance_ratio=[10]", "grid.backbones.*.pretrain.imbalance_ratio=[2]",
-                   "grid.method.name=[ce,backdoor]", "backbones.*.pretrain.corpus_size=300",
+                   "grid.dataset.imbalance_ratio=[10]", "grid.backbones.*.pretrain.imbalance_ratio=[10]",
+                   "backbones.*.pretrain.corpus_size=300",
                    "backbones.*.pretrain.epochs=1"]
 
 

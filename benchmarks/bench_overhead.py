@@ -87,7 +87,8 @@ def timed_trainable(log_path: str) -> Callable[[dict], None]:
             T.train_one_epoch = originals["train_one_epoch"]
             T.save_checkpoint = originals["save_checkpoint"]
             T.write_artifacts = originals["write_artifacts"]
-            line = {"trial_id": _tune.get_context().get_trial_id(), "pid": os.getpid(), "start": t0,
+            line = {"trial_id": _tune.get_context().get_trial_id(), "pid": os.getpid(),
+                    "method": (config.get("method") or {}).get("name"), "start": t0,
                     "end": _time.time(), "inside_s": inside, **spent}
             with open(log_path, "a", encoding="utf-8") as f:
                 f.write(_json.dumps(line) + "\n")
@@ -156,7 +157,6 @@ def run_toy_study(tmp: Path, zoo: Path, *, samples_per_cell: int, epochs: int, n
                 (ProgressCallback, "on_experiment_end", "progress_callback"),
                 (CellSearcher, "suggest", "optuna_searcher"),
                 (CellSearcher, "on_trial_complete", "optuna_searcher"),
-                (CellSearcher, "reset_studies", "optuna_searcher"),
                 (execute, "check_tracking", "checks"), (execute, "check_storage", "checks"),
                 (execute, "select_rows", "select_rows")]
     args = argparse.Namespace(address=None, storage=None, tracking_uri=None, max_concurrent=None, resume=False)

@@ -27,6 +27,10 @@ BENCHES = {  # name -> module, in the order they run (cheap ones first)
     "linear_probe_feature_cache": "benchmarks.bench_linear_cache",
     "platform_overhead": "benchmarks.bench_overhead",
     "concurrency_scaling": "benchmarks.bench_scaling",
+    "peer": "benchmarks.bench_peer",
+    "stage2_throughput": "benchmarks.bench_stage2",
+    "scaling": "benchmarks.bench_study_scaling",
+    "fixed_cost": "benchmarks.bench_fixed_cost",
     "gpu_vit_b16_adaptformer": "benchmarks.bench_gpu",
     "demo_wall_time": "benchmarks.bench_demo",
 }

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import optuna
@@ -102,12 +103,17 @@ def analyse_cell(study: str, cell: str, cell_trials: pd.DataFrame, objective: st
 def _open_rdb_study(name: str, storage: str | None) -> tuple[optuna.Study | None, str]:
     if not storage:
         return None, "no Optuna storage given"
-    db = sqlite_path(storage)
+    db = sqlite_path(storage) if "://" in storage else Path(storage).expanduser()
     if db is not None and not db.exists():  # opening a missing SQLite file would create it
         return None, f"no Optuna DB at {db}"
+    opened = storage
+    if "://" not in storage:  # a journal file (the platform's default, optuna.journal.log)
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+        opened = JournalStorage(JournalFileBackend(str(db)))
     try:
         with _quiet_optuna():
-            return optuna.load_study(study_name=name, storage=storage), f"Optuna study {name!r}"
+            return optuna.load_study(study_name=name, storage=opened), f"Optuna study {name!r}"
     except KeyError:
         return None, f"no Optuna study {name!r} in the Optuna DB"
 

@@ -23,6 +23,7 @@ from dashboards import charts
 from dashboards.cells import CellSearch, analyse_cell
 from dashboards.charts import Axis, Chart, Series, Stat
 from dashboards.data import PARAM_PREFIX, StudyData, experiment_url, run_url
+from trainables.contract import Tag
 from trainables.registry import Registry
 from dashboards.summary import (BACKDOOR, CONFOUNDERS, EFFECTIVE_M, GROUPS, IMBALANCE, METHOD, PERCENT,
                                 WEIGHTING, axis_name, grid_axes, searched_params, select,
@@ -78,7 +79,9 @@ def build_report(data: StudyData, *, objective: str = "val/acc", mode: str = "ma
     colours = charts.color_map(labels)
     storage = optuna_storage
     ir_main = _largest(trials, IMBALANCE)
-    ctx = _Context(trials, objective, mode, metric, series_axes, colours, ir_main, data.study, storage,
+    # Optuna studies are per execution: <study>/<execution>/<cell> (platform.searcher)
+    optuna_prefix = "/".join(filter(None, (data.study, data.study_tags.get(Tag.EXECUTION))))
+    ctx = _Context(trials, objective, mode, metric, series_axes, colours, ir_main, optuna_prefix, storage,
                    method_order)
     sections = [build(ctx) for _, build in SECTIONS.items()]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),

@@ -20,6 +20,7 @@ from dashboards.charts import Stat
 from dashboards.data import PARAM_PREFIX
 from trainables.contract import STAGE1_CELL
 from trainables.selection import REPLICATES_METRIC, select_group
+from trainables.stats import STD_SUFFIX, summarize
 
 METHOD = PARAM_PREFIX + "method.name"
 IMBALANCE = PARAM_PREFIX + "dataset.imbalance_ratio"
@@ -49,7 +50,10 @@ AXIS_NAMES = {
 def is_seed_param(column: str) -> bool:
     """Seed and runtime parameters: they say which repeat or where, not which configuration."""
     name = column[len(PARAM_PREFIX):] if column.startswith(PARAM_PREFIX) else column
-    return name in ("seed", "seeds") or name.startswith("runtime.")
+    # a replicate sets the world seed, every toy member's pre-training seed (its prior seed pinned)
+    # and the fine-tuning seed (trainables.config.apply_replicate)
+    return (name in ("seed", "seeds", "dataset.world.seed") or name.startswith(("runtime.", "replicates."))
+            or name.endswith((".pretrain.seed", ".pretrain.prior_seed")))
 
 
 def axis_name(column: str) -> str:
@@ -109,17 +113,19 @@ class Selection:
         values = self.runs[metric].dropna()
         if values.empty:
             return Stat(math.nan, None, 0)
+        summary = summarize(values.tolist())  # the one mean and sample s.d. (trainables.stats)
         std: float | None = None
         n = int(len(values))
         if len(values) >= 2:
-            std = float(values.std(ddof=1))
-        elif metric + "_std" in self.runs:
-            reported = self.runs.loc[values.index, metric + "_std"].dropna()
+            std = summary.sd
+        elif metric + STD_SUFFIX in self.runs:
+            reported = self.runs.loc[values.index, metric + STD_SUFFIX].dropna()
             std = float(reported.iloc[0]) if not reported.empty else None
-        if len(values) == 1 and REPLICATES_METRIC in self.runs:  # one run that averaged its seeds
-            seeds = self.runs.loc[values.index, REPLICATES_METRIC].dropna()
-            n = int(seeds.iloc[0]) if not seeds.empty else n
-        return Stat(float(values.mean()) * scale, None if std is None else std * scale, n)
+        n = summary.n
+        if len(values) == 1 and REPLICATES_METRIC in self.runs:  # one run that averaged its replicates
+            reps = self.runs.loc[values.index, REPLICATES_METRIC].dropna()
+            n = int(reps.iloc[0]) if not reps.empty else n
+        return Stat(summary.mean * scale, None if std is None else std * scale, n)
 
 
 def proposal_keys(trials: pd.DataFrame) -> pd.Series:

@@ -73,4 +73,9 @@ class SpecError(PlatformInputError):
         return "\n".join(lines)
 
 
-__all__ = ["Issue", "PlatformInputError", "SpecError", "did_you_mean", "show_value"]
+class EnvironmentFailure(RuntimeError):
+    """The environment failed, not the input: Ray cannot start or be reached, a store is
+    unreachable or stays locked. The CLI exits 3 with the message (no traceback)."""
+
+
+__all__ = ["EnvironmentFailure", "Issue", "PlatformInputError", "SpecError", "did_you_mean", "show_value"]

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import signal
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,12 +24,21 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from platform import paths
-from platform.errors import PlatformInputError
+from platform.errors import EnvironmentFailure, PlatformInputError
+from platform.guard import DriverLock, Reaper, check_address
 from platform.progress import ProgressCallback
 from platform.searcher import CellSearcher, get_path, iter_groups, study_name
-from trainables.contract import STAGE1_CELL, trial_meta
+from trainables.contract import STAGE1_CELL, strip_meta, trial_meta
 from trainables.selection import REPLICATES_METRIC, finite, group_score, select_group
 from platform.tracking import MLflowStudyCallback, check_tracking
+from trainables.stats import STD_SUFFIX, summarize
+from trainables.errors import FATAL_KEY, is_deterministic, reason
+
+# Ray binds a single-node instance's servers to the node's IP (every interface) unless clusters
+# are off, when it uses 127.0.0.1. Read by Ray when it is imported: ``platform.run`` sets it
+# before importing this module for a local study; set here too for the processes Ray starts.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
 
 # Never shipped to a cluster with the working directory: environments, outputs, VCS, caches.
 RUNTIME_ENV_EXCLUDES = [".venv", "outputs", ".git", "tests/_artifacts", "benchmarks/results",
@@ -79,7 +91,7 @@ class CellASHAScheduler(FIFOScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         """CONTINUE or STOP, decided among the trial's own cell."""
         asha = self._of(trial)
-        if asha is None or trial.trial_id not in asha._trial_info:
+        if asha is None or trial.trial_id not in asha._trial_info or FATAL_KEY in result:
             return TrialScheduler.CONTINUE
         return asha.on_trial_result(tune_controller, trial, result)
 
@@ -139,24 +151,88 @@ def check_storage(storage: str) -> None:
                            "the credentials, or pass a local folder") from exc
 
 
+def check_tracking_uri(uri: str) -> None:
+    """Raise PlatformInputError for a tracking URI of a scheme MLflow has no store for, and
+    EnvironmentFailure when the store cannot be reached."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
+    if scheme not in TRACKING_SCHEMES:
+        raise _input_error(f"--tracking-uri {uri}: unknown scheme {scheme!r}; use one of "
+                           f"{', '.join(TRACKING_SCHEMES)} (e.g. sqlite:///outputs/mlflow.db or "
+                           "http://host:5000)")
+    try:
+        check_tracking(uri)
+    except ConnectionError as exc:
+        raise EnvironmentFailure(str(exc)) from exc
+
+
+_reaper: Reaper | None = None
+
+
 def init_ray(address: str | None) -> bool:
     """Attach to Ray; returns True when this call started it (and so must shut it down).
 
     A cluster (``address`` or ``$RAY_ADDRESS``) gets the repo as working directory, so workers
-    import ``trainables`` from the same code; a local instance uses the editable install.
+    import ``trainables`` from the same code; its address must answer within a few seconds. A
+    local instance uses the editable install, listens on 127.0.0.1 only (no dashboard) and is
+    watched by a ``Reaper`` that kills its processes if the driver dies without shutting it down.
+    Any failure to start or reach Ray is an EnvironmentFailure.
     """
+    global _reaper
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
-    if address and address != "local":
-        # Ray puts the working directory first on the workers' PYTHONPATH, so they import this
-        # checkout's trainables/ (and our platform package, which also serves the stdlib API).
-        ray.init(address=address, runtime_env={"working_dir": str(paths.REPO_ROOT),
-                                               "excludes": RUNTIME_ENV_EXCLUDES})
-    else:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False,
-                 logging_config=ray.LoggingConfig(log_level="WARNING"))
+    remote = bool(address and address != "local")
+    on_term = signal.getsignal(signal.SIGTERM)
+    try:
+        if remote:
+            check_address(address)
+            # Ray puts the working directory first on the workers' PYTHONPATH, so they import this
+            # checkout's trainables/ (and our platform package, which also serves the stdlib API).
+            ray.init(address=address, runtime_env={"working_dir": str(paths.REPO_ROOT),
+                                                   "excludes": RUNTIME_ENV_EXCLUDES})
+        else:
+            os.environ[LOOPBACK_ENV] = "0"
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                     dashboard_host="127.0.0.1",
+                     logging_config=ray.LoggingConfig(log_level="WARNING"))
+    except (PlatformInputError, EnvironmentFailure):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the environment is at fault
+        where = f"the Ray cluster at {address}" if remote else "a local Ray instance"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EnvironmentFailure(f"could not start or join {where}: {type(exc).__name__}: {first}"
+                                 "; check that the cluster is up (ray status) and its Ray and "
+                                 "Python versions match this one") from exc
+    if callable(on_term) and threading.current_thread() is threading.main_thread():
+        # ray.init installs a native SIGTERM handler that aborts the process; the driver's own
+        # (platform.run: stop like Ctrl-C) must stay in charge.
+        signal.signal(signal.SIGTERM, on_term)
+    if not remote:
+        # Ray has no public accessor of the session folder; every Ray process names it.
+        node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+        _reaper = Reaper(node.get_session_dir_path() if node is not None else "")
     return True
+
+
+def shutdown_ray() -> None:
+    """Shut down the Ray instance ``init_ray`` started and end its reaper."""
+    global _reaper
+    ray.shutdown()
+    if _reaper is not None:
+        _reaper.stop()
+        _reaper = None
+
+
+class FatalFailures(tune.Callback):
+    """Stop Tune from retrying a trial that failed deterministically (``trainables.errors``): its
+    wrapper reports ``FATAL_KEY`` just before raising, and the trial's retry budget is then set to
+    what it has used."""
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        """Seeing the fatal report, allow no further retry of this trial."""
+        if FATAL_KEY in result:
+            trial.max_failures = trial.num_failures
 
 
 def trial_name(trial: Any) -> str:
@@ -170,14 +246,20 @@ def default_trainable() -> Callable[[dict], None]:
     return tune_trainable
 
 
-def without_meta(fn: Callable[[dict], Any]) -> Callable[[dict], Any]:
+def without_meta(fn: Callable[[dict], Any], metric: str | None = None) -> Callable[[dict], Any]:
     """``fn`` called with the trial config minus the searcher's ``ltbias`` key (a TrialConfig dict).
 
     The wrapper is a closure, so cloudpickle ships it by value: Ray workers never import
     ``platform`` (which they would resolve to the standard-library module) to run it.
     """
     def ltbias_trial(config: dict) -> Any:
-        return fn({k: v for k, v in config.items() if k != "ltbias"})
+        try:
+            return fn({k: v for k, v in config.items() if k != "ltbias"})
+        except Exception as exc:
+            if is_deterministic(exc) and metric:
+                # Tell the driver first (it then stops Tune from retrying), then fail for real.
+                tune.report({FATAL_KEY: reason(exc), metric: math.nan})
+            raise
 
     return ltbias_trial
 
@@ -191,8 +273,18 @@ def _records(results: Any) -> list[dict]:
         metrics = dict(res.metrics or {})
         out.append({"trial_id": metrics.get("trial_id") or Path(res.path).name,
                     "config": res.config or {}, "status": "ERROR" if res.error else "TERMINATED",
-                    "result": metrics})
+                    "result": metrics, "error": _error_text(res.error) if res.error else None})
     return out
+
+
+ROW_PREFIXES = ("val/", "test/", "gain/", "baseline/", "pool/", "prior/", "backdoor/")
+"""Result keys a CLI row carries (the selected configuration's mean over its members)."""
+
+
+def _error_text(error: BaseException) -> str:
+    """``Type: first line`` of a trial's error (the cause inside Ray's wrapper when there is one)."""
+    cause = getattr(error, "cause", None) or error
+    return reason(cause)
 
 
 def select_rows(plan: Any, records: list[dict]) -> list[dict]:
@@ -212,6 +304,9 @@ def select_rows(plan: Any, records: list[dict]) -> list[dict]:
                                "n_failed": sum(r["status"] == "ERROR"
                                                for recs in cell_groups.values() for r in recs),
                                "n_configs": len(cell_groups), "selected": False}
+        errors = [r.get("error") for recs in cell_groups.values() for r in recs if r.get("error")]
+        if errors:
+            row["error"] = errors[0]
         best = select_group({g: [r["result"].get(metric) for r in recs if r["status"] != "ERROR"]
                              for g, recs in cell_groups.items()}, plan.mode)
         if best is not None:
@@ -222,28 +317,82 @@ def select_rows(plan: Any, records: list[dict]) -> list[dict]:
                        optuna_trial=trial_meta(members[0]["config"]).get("optuna_trial"),
                        best_config={p: get_path(members[0]["config"], p) for p in (cell.space or {})},
                        trial_ids=[r["trial_id"] for r in members],
-                       # stage-2 trials average their seeds themselves and report how many
+                       # stage-2 trials average their replicates themselves and report how many
                        n_seeds=len(members) if cell.kind == "train"
-                       else int(reported) if reported is not None else len(cell.seeds))
+                       else int(reported) if reported is not None else len(cell.replicates))
             keys = sorted({k for r in members for k in r["result"]
-                           if k.startswith(("val/", "test/")) or k == metric})
+                           if k.startswith(ROW_PREFIXES) or k in (metric, "replicates")})
             for key in keys:
                 vals = [v for r in members if (v := finite(r["result"].get(key))) is not None]
                 if vals:
-                    row[key] = statistics.fmean(vals)
-                    if len(members) > 1 and not key.endswith("_std"):
-                        row[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                    # one definition of mean and sample s.d. (trainables.stats); a stage-2 trial
+                    # reports its own spread over replicates as <key>_std
+                    summary = summarize(vals)
+                    row[key] = summary.mean
+                    if len(members) > 1 and not key.endswith(STD_SUFFIX):
+                        row[key + STD_SUFFIX] = summary.sd
         rows.append(row)
     return rows
 
 
+PRIOR_METRICS = ("prior/spearman", "prior/tv")
+
+
+def prior_rows(records: list[dict]) -> list[dict]:
+    """q_hat's error per backbone, from the stage-1 trials that report it (toy backbones).
+
+    A backbone is its label (or display name) with its pre-training imbalance ratio, prior seed
+    and prior agreement; its replicates (world and pre-training seeds) are summarised with
+    ``trainables.stats.summarize``. A fine-tune of the same model with another method counts once.
+    """
+    groups: dict[str, dict[tuple, dict]] = {}
+    for rec in records:
+        result, config = rec.get("result") or {}, strip_meta(rec.get("config") or {})
+        if rec.get("status") == "ERROR" or finite(result.get("prior/spearman")) is None:
+            continue
+        bb = config.get("backbone") or {}
+        pre = bb.get("pretrain") or {}
+        seed = pre.get("seed", 0)
+        prior_seed = pre.get("prior_seed") if pre.get("prior_seed") is not None else seed
+        name = f"{bb.get('label') or bb.get('name', '?')} ir{pre.get('imbalance_ratio', 0):g} prior{prior_seed}"
+        if pre.get("prior_agreement") is not None:
+            name += f" rho{pre['prior_agreement']:g}"
+        model = (json.dumps((config.get("dataset") or {}).get("world"), sort_keys=True), seed)
+        groups.setdefault(name, {}).setdefault(model, result)
+    out = []
+    for name, models in groups.items():
+        row: dict[str, Any] = {"backbone": name, "n": len(models)}
+        for key in PRIOR_METRICS:
+            s = summarize([r[key] for r in models.values() if finite(r.get(key)) is not None])
+            row[key], row[key + STD_SUFFIX] = s.mean, s.sd
+        out.append(row)
+    return out
+
+
 # --------------------------------------------------------------------------- the run
 
-def _stamp(experiment: Path, plan: Any) -> None:
+def _new_execution() -> str:
+    """The id of a fresh study execution (its Optuna studies are named after it)."""
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def _stamp(experiment: Path, plan: Any) -> str:
+    """Record the spec hash and a new execution id in a fresh experiment folder; return the id."""
+    execution = _new_execution()
     experiment.mkdir(parents=True, exist_ok=True)
     (experiment / PLAN_STAMP).write_text(json.dumps(
         {"spec_hash": plan.spec_hash, "study": study_name(plan), "total_trials": plan.total_trials,
-         "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1), encoding="utf-8")
+         "execution": execution, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1),
+        encoding="utf-8")
+    return execution
+
+
+def read_execution(experiment: Path) -> str | None:
+    """The execution id recorded in a local experiment folder (None before the first run)."""
+    try:
+        return json.loads((experiment / PLAN_STAMP).read_text(encoding="utf-8")).get("execution")
+    except (OSError, ValueError):
+        return None
 
 
 def _check_resume(experiment: Path, plan: Any) -> None:
@@ -263,20 +412,32 @@ def run_study(plan: Any, args: Any, *, trainable: Callable[[dict], None] | None 
     """Run every trial of ``plan`` through one Ray Tune Tuner, track it in MLflow, select per cell.
 
     ``args`` is the ``python -m platform.run`` namespace (address, resume; storage and tracking
-    were already resolved into the plan). ``trainable`` replaces the shared trainable (tests).
-    """
-    from platform.plan import StudyOutcome
+    were already resolved into the plan; ``resume_if_any`` makes ``--resume`` of a study with
+    nothing to continue start it). ``trainable`` replaces the shared trainable (tests).
 
+    The driver holds the study's ``DriverLock`` throughout: a second driver of the same study and
+    storage raises PlatformInputError naming this one.
+    """
     name = study_name(plan)
     storage = plan.storage or getattr(args, "storage", None) or paths.default_storage()
     tracking_uri = plan.tracking_uri or getattr(args, "tracking_uri", None) or paths.default_tracking_uri()
-    resume = bool(getattr(args, "resume", False))
-    try:
-        check_tracking(tracking_uri)
-    except ConnectionError as exc:
-        raise _input_error(str(exc)) from exc
+    check_tracking_uri(tracking_uri)
     check_storage(storage)
+    address = getattr(args, "address", None) or os.environ.get("RAY_ADDRESS")
+    if address and address != "local" and not ray.is_initialized():
+        check_address(address)  # before anything is written: a cluster that is not there
+    lock = DriverLock(storage, name).acquire()  # one driver per study and storage, until we return
+    try:
+        return _run_locked(plan, args, name, storage, tracking_uri, trainable, progress_interval_s)
+    finally:
+        lock.release()
 
+
+def _run_locked(plan: Any, args: Any, name: str, storage: str, tracking_uri: str,
+                trainable: Callable[[dict], None] | None, progress_interval_s: float) -> Any:
+    from platform.plan import StudyOutcome
+
+    resume = bool(getattr(args, "resume", False))
     experiment_uri = f"{storage.rstrip('/')}/{name}"
     local_experiment = paths.local_path(experiment_uri) if paths.is_local(storage) else None
     can_restore = tune.Tuner.can_restore(experiment_uri)
@@ -284,16 +445,26 @@ def run_study(plan: Any, args: Any, *, trainable: Callable[[dict], None] | None 
         raise _input_error(
             f"study {name!r} already has results in {experiment_uri}; pass --resume to continue "
             "it (finished trials are kept, nothing is rerun), or move that folder away to start over")
+    if resume and not can_restore:
+        if not getattr(args, "resume_if_any", False):
+            raise _input_error(
+                f"--resume: there is no run of study {name!r} to continue in {experiment_uri}; "
+                "check --storage (and the study name), or drop --resume to start the study")
+        resume = False  # --resume-if-any: nothing to continue, so start
+    execution = None
     if local_experiment is not None:
-        if resume and can_restore:
+        if resume:
             _check_resume(local_experiment, plan)
+            execution = read_execution(local_experiment)
         else:
-            _stamp(local_experiment, plan)
+            execution = _stamp(local_experiment, plan)
+    execution = execution or _new_execution()
 
-    fn = without_meta(trainable or default_trainable())
+    fn = without_meta(trainable or default_trainable(), plan.metric)
     resources = {"cpu": float(plan.resources["cpu"]), "gpu": float(plan.resources["gpu"])}
     # Nothing to restore means a fresh execution: it must not reopen an older study run.
-    tracker = MLflowStudyCallback(tracking_uri, plan, experiment_uri, resume=resume and can_restore)
+    tracker = MLflowStudyCallback(tracking_uri, plan, experiment_uri, resume=resume)
+    tracker.tracker.execution = execution
     log_path = (local_experiment / "progress.log") if local_experiment is not None else None
     progress = ProgressCallback(name, plan.metric, plan.mode, log_path,
                                 interval_s=progress_interval_s, total_trials=plan.total_trials)
@@ -305,14 +476,13 @@ def run_study(plan: Any, args: Any, *, trainable: Callable[[dict], None] | None 
         if resume and can_restore:
             tuner = tune.Tuner.restore(experiment_uri, trainable=tune.with_resources(fn, resources),
                                        resume_errored=True)
-            _use_callbacks(tuner, [tracker, progress])
+            _use_callbacks(tuner, [tracker, progress, FatalFailures()])
         else:
-            searcher = CellSearcher(plan, sampler_seed=plan.study.search.seed)
+            searcher = CellSearcher(plan, sampler_seed=plan.study.search.seed, execution=execution)
             if searcher.total_trials != plan.total_trials:
                 raise RuntimeError(f"plan counts {plan.total_trials} trials but the searcher emits "
                                    f"{searcher.total_trials}; platform.plan and platform.searcher "
                                    "disagree on cell sizes")
-            searcher.reset_studies()
             max_concurrent = int(getattr(args, "max_concurrent", None) or plan.max_concurrent or 0)
             tuner = tune.Tuner(
                 tune.with_resources(fn, resources),
@@ -325,7 +495,7 @@ def run_study(plan: Any, args: Any, *, trainable: Callable[[dict], None] | None 
                     name=name, storage_path=storage, verbose=0,
                     failure_config=tune.FailureConfig(max_failures=plan.study.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                    callbacks=[tracker, progress]))
+                    callbacks=[tracker, progress, FatalFailures()]))
         results = tuner.fit()
         callback = _find_tracker(tuner) or tracker
         finished = results.num_terminated + results.num_errors
@@ -335,14 +505,16 @@ def run_study(plan: Any, args: Any, *, trainable: Callable[[dict], None] | None 
             raise KeyboardInterrupt(f"study {name!r} stopped with {finished}/{plan.total_trials} "
                                     f"trials finished; continue it with --resume")
         records = _records(results)
+        callback.tracker.reconcile(r["trial_id"] for r in records)  # no orphan, no duplicate run
         rows = select_rows(plan, records)
         failed = sum(r["status"] == "ERROR" for r in records)
         callback.finish(rows, failed)
         return StudyOutcome(rows=rows, failed_trials=failed, total_trials=len(records),
-                            study_run_id=callback.study_run_id, tracking_uri=tracking_uri)
+                            study_run_id=callback.study_run_id, tracking_uri=tracking_uri,
+                            prior_rows=prior_rows(records))
     finally:
         if started:
-            ray.shutdown()
+            shutdown_ray()
 
 
 def _run_config(tuner: Any) -> Any:
@@ -371,5 +543,6 @@ def _find_tracker(tuner: Any) -> MLflowStudyCallback | None:
     return None
 
 
-__all__ = ["CellASHAScheduler", "check_storage", "default_trainable", "init_ray", "make_scheduler",
-           "run_study", "select_rows"]
+__all__ = ["CellASHAScheduler", "FatalFailures", "check_storage", "check_tracking_uri",
+           "default_trainable", "init_ray", "make_scheduler", "prior_rows", "read_execution", "run_study",
+           "select_rows", "shutdown_ray"]

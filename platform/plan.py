@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from platform import paths
@@ -34,8 +34,8 @@ class Cell:
     space: dict             # trial path -> distribution dict ({int: [lo, hi]}, ...); {} = none
     algorithm: str          # grid | random | optuna
     num_samples: int        # configurations to try (1 when space is empty)
-    seeds: list[int]
-    trials: int             # train: num_samples * len(seeds); else num_samples
+    replicates: list[dict]  # Replicate dicts (world, pretrain, finetune seed) the cell runs
+    trials: int             # train: num_samples * len(replicates); else num_samples
     prerequisites: list[dict]  # stage-1 trial configs this cell needs (trainables.stages)
 
 
@@ -67,6 +67,7 @@ class StudyOutcome:
     ``plan.metric``), then any metric by its name: ``test/acc``, ``test/d_many``, ``test/d_medium``,
     ``test/d_few``, ``test/p_many``, ``test/p_medium``, ``test/p_few`` ... (missing = not reported).
     ``failed_trials``: trials that still failed after their retries (the CLI exits 1 when > 0).
+    ``prior_rows``: per toy backbone, how well q_hat estimates its true pre-training prior.
     """
 
     rows: list[dict]
@@ -74,6 +75,7 @@ class StudyOutcome:
     total_trials: int
     study_run_id: str
     tracking_uri: str
+    prior_rows: list[dict] = field(default_factory=list)  # q_hat's error per backbone (execute.prior_rows)
 
 
 def apply_params(base_config: dict, params: dict[str, Any]) -> dict:
@@ -109,8 +111,8 @@ def _make_cell(study: Study, point: GridPoint) -> Cell:
     n = _num_samples(study, space)
     return Cell(id=point.id, label=point.label, values=dict(point.values),
                 base_config=point.trial, kind=kind, space=space,
-                algorithm=study.search.algorithm, num_samples=n, seeds=list(study.seeds),
-                trials=n * len(study.seeds) if kind == "train" else n,
+                algorithm=study.search.algorithm, num_samples=n, replicates=list(point.trial["replicates"]),
+                trials=n * len(point.trial["replicates"]) if kind == "train" else n,
                 prerequisites=_prerequisites(point.trial))
 
 

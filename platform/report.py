@@ -65,6 +65,11 @@ def open_study(args: argparse.Namespace):
 
     try:
         target = resolve_study(args)
+        db = paths.sqlite_path(target.tracking_uri)
+        if db is not None and not db.expanduser().exists():  # opening it would create an empty DB
+            print(f"error: --tracking-uri {target.tracking_uri}: no database at {db}; run the study "
+                  "first or pass the tracking URI it used", file=sys.stderr)
+            return None
         return target, load_study(target.name, target.tracking_uri, args.run_id)
     except SpecError as e:
         print(f"error: invalid study\n{e}", file=sys.stderr)
@@ -84,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HTML file to write (default: <outputs>/reports/<study>.html)")
     p.add_argument("--mlflow-url", metavar="URL", default=None,
                    help="base URL of the MLflow UI the report links to (default http://127.0.0.1:5000)")
-    p.add_argument("--optuna-storage", metavar="URL",
-                   help="RDB of the cells' Optuna studies (default: optuna.db next to the tracking DB)")
+    p.add_argument("--optuna-storage", metavar="PATH_OR_URL",
+                   help="journal file or RDB URL of the cells' Optuna studies (default: "
+                        "optuna.journal.log next to the tracking DB)")
     p.add_argument("--objective", metavar="METRIC",
                    help="selection metric on the validation split (default: the study's search.metric, else val/acc)")
     p.add_argument("--mode", choices=["max", "min"], help="direction of --objective (default: the study's search.mode)")
@@ -114,12 +120,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     ui_url = args.mlflow_url or DEFAULT_UI_URL
     html = build_report(data, objective=objective, mode=mode, metric=args.metric, ui_url=ui_url,
                         optuna_storage=args.optuna_storage or target.optuna_storage)
+    if args.study_file:
+        html = _with_published(html, args.study_file, data, objective, mode)
     out = write_report(html, args.out or paths.outputs_dir() / "reports" / f"{data.study}.html")
     print(f"report: {out.resolve()}")
     if not args.no_log:
         print(f"logged to the study run as {log_report(data, out)}")
     print(f"study run in the MLflow UI: {run_url(ui_url, data.experiment_id, data.study_run_id)}")
     return EXIT_OK
+
+
+def published_rows(plan, trials, objective: str, mode: str, metrics: set[str]) -> list[dict]:
+    """``select_rows``-like rows (one per grid cell: the configuration selected on ``objective``,
+    seed mean and spread of ``metrics``) from the report's trial table."""
+    from dashboards.summary import select, usable
+
+    cells = {c.id: c for c in plan.cells}
+    rows = []
+    for sel in select(usable(trials, objective), ["cell"], objective, mode):
+        cell = cells.get(sel.key[0] if isinstance(sel.key, tuple) else sel.key)
+        if cell is None:  # stage-1 prerequisites
+            continue
+        row = {"cell": cell.id, "label": cell.label, "kind": cell.kind, "values": dict(cell.values)}
+        for metric in metrics:
+            stat = sel.stat(metric, scale=1.0)
+            row[metric], row[f"{metric}_std"] = stat.mean, stat.std
+        rows.append(row)
+    return rows
+
+
+def _with_published(html: str, study_file: str, data, objective: str, mode: str) -> str:
+    """The report with a 'published vs ours' section when the study lists published numbers
+    (also printed)."""
+    import html as html_lib
+
+    from platform.plan import make_plan
+    from platform.published import compare, format_comparison
+
+    spec = load_study_spec(study_file)
+    if not spec.published:
+        return html
+    plan = make_plan(spec, study_file)
+    rows = published_rows(plan, data.trials, objective, mode, {p.metric for p in spec.published})
+    text = format_comparison(compare(spec.published, rows, {c.id: c.base_config["method"]["name"]
+                                                            for c in plan.cells}))
+    print(text)
+    section = (f'<section id="published"><h2>Published vs ours</h2><pre>{html_lib.escape(text)}</pre></section>\n')
+    return html.replace("</main>", section + "</main>", 1) if "</main>" in html else html + section
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@ as studies/study.schema.json, which editors use for completion and checking)."""
 
 from __future__ import annotations
 
+import argparse
 import json
+from typing import Sequence
 
 from platform.spec import Study
 
@@ -15,8 +17,11 @@ def study_schema() -> dict:
             "title": "ltbias study", **{k: v for k, v in schema.items() if k != "title"}}
 
 
-def main() -> None:
-    """Print the schema to stdout."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """Print the schema to stdout (``--help`` prints the usage instead)."""
+    argparse.ArgumentParser(prog="python -m platform.schema",
+                            description="Print the JSON schema of study files (make schema saves "
+                                        "it as studies/study.schema.json).").parse_args(argv)
     print(json.dumps(study_schema(), indent=2))
 
 

@@ -5,22 +5,37 @@
 1. the plan's prerequisite stage-1 trials (cell id ``stage1``), which fill the stage-1 cache that
    post-hoc and ensemble cells read;
 2. each cell's trials. A cell with a search space gets its own Optuna study
-   (``<study>/<cell id>``) in the plan's RDB storage; ``study.ask`` proposes parameters that are
+   (``<study>/<execution>/<cell id>``) in the plan's Optuna storage (a journal file); ``study.ask()``
+   then define-by-run sampling (``platform.space.sample``, conditional parameters skipped) proposes
+   parameters that are
    written into the cell's base trial config by dotted path. A ``train`` cell runs each Optuna
-   trial once per seed (a *seed group*); Optuna is told the mean of the group's final metric once
+   trial once per replicate (a *seed group*; ``trainables.config.apply_replicate`` sets its world,
+   pre-training and fine-tuning seeds); Optuna is told the mean of the group's final metric once
    the whole group has finished. Members that errored or never reported the metric are left out of
    the mean; a group with no usable member is told FAIL. Post-hoc and ensemble cells run one Tune
-   trial per Optuna trial (the trainable evaluates all seeds itself) and wait until every
-   prerequisite trial has finished.
+   trial per Optuna trial (the trainable evaluates all seeds itself). They are emitted as soon
+   as every prerequisite has been emitted, without waiting for the prerequisites to finish: a
+   stage-2 trial that needs a stage-1 entry still being trained waits on that entry's cache lock
+   (or trains a missing one itself; the prerequisite trial then replays it). Returning None from
+   ``suggest`` while prerequisites run would let Tune drop to one worker for the rest of the
+   study, because short stage-2 trials finish before a new worker process has started.
 
 Trial configs stay valid ``TrialConfig`` dicts plus one top-level key, ``ltbias`` (cell, stage,
 optuna_trial, seed), that the trainable strips before validating and that tracking and reporting
-read. The searcher's bookkeeping is pickled by ``save``; Optuna's state lives in its RDB, so
+read. The searcher's bookkeeping is pickled by ``save``; Optuna's state lives in its storage, so
 ``Tuner.restore`` continues where the study stopped without rerunning a finished trial.
+
+Crash safety: the Optuna studies of one execution are named ``<study>/<execution>/<cell id>``
+(``optuna_study_name``), so no other execution ever reopens or deletes them. The sampler (with its
+random state) is saved in the study's RDB after every ask, so a resumed study proposes exactly
+what an uninterrupted one would; an Optuna trial asked after the last searcher checkpoint (never
+run) is handed out again, not failed and re-asked. Optuna writes are retried while the RDB is
+locked, and a seed group counts as told only once the tell has been written.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import math
 import pickle
@@ -35,12 +50,23 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from platform.paths import open_optuna_storage
 from platform.plan import apply_params
+from platform.retry import retry, sqlite_engine_kwargs
+from platform.space import grid_values, kind_of, sample
 from trainables.contract import (META_KEY, STAGE1_CELL, Envelope, strip_meta, trial_meta,
                                  with_envelope)
 from trainables.selection import finite
 
-SPACE_KINDS = ("int", "float", "logfloat", "categorical", "subset", "simplex")
+
+SAMPLER_ATTR = "ltbias.sampler"
+"""Study system attribute holding the pickled sampler (base64) after the latest ask."""
+
+
+def optuna_study_name(study: str, cell_id: str, execution: str | None = None) -> str:
+    """The Optuna study of one cell in one execution: ``<study>/<execution>/<cell id>``
+    (``<study>/<cell id>`` for a searcher used without an execution, e.g. in tests)."""
+    return f"{study}/{execution}/{cell_id}" if execution else f"{study}/{cell_id}"
 
 
 # --------------------------------------------------------------------------- config paths
@@ -61,19 +87,12 @@ def get_path(config: dict, path: str, default: Any = None) -> Any:
 
 # --------------------------------------------------------------------------- search spaces
 
-def _space_kind(path: str, spec: Any) -> tuple[str, Any]:
-    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SPACE_KINDS:
-        raise ValueError(f"search.space.{path} = {spec!r}: expected one of "
-                         + ", ".join(f"{{{k}: ...}}" for k in SPACE_KINDS))
-    kind, arg = next(iter(spec.items()))
-    return kind, arg
-
-
 def optuna_distributions(space: dict[str, Any]) -> dict[str, BaseDistribution]:
-    """The Optuna distributions of a cell's space; subset/simplex of size N become N params ``path.i``."""
+    """The Optuna distributions of every parameter of a space (conditions ignored); subset/simplex
+    of size N become N params ``path.i``. Sampling itself is define-by-run (``platform.space.sample``)."""
     out: dict[str, BaseDistribution] = {}
     for path, spec in space.items():
-        kind, arg = _space_kind(path, spec)
+        kind, arg = kind_of(spec)
         if kind == "int":
             out[path] = IntDistribution(int(arg[0]), int(arg[1]))
         elif kind in ("float", "logfloat"):
@@ -89,38 +108,28 @@ def optuna_distributions(space: dict[str, Any]) -> dict[str, BaseDistribution]:
     return out
 
 
-def grid_values(space: dict[str, Any]) -> dict[str, list]:
-    """The value lists of an exhaustive grid over a space of int and categorical entries."""
-    out: dict[str, list] = {}
-    for path, spec in space.items():
-        kind, arg = _space_kind(path, spec)
-        if kind == "int":
-            out[path] = list(range(int(arg[0]), int(arg[1]) + 1))
-        elif kind == "categorical":
-            out[path] = list(arg)
-        else:
-            raise ValueError(f"search.space.{path}: algorithm 'grid' enumerates only int and "
-                             f"categorical entries, not {kind!r}; use algorithm 'optuna' or 'random'")
-    return out
-
-
 def space_values(space: dict[str, Any], params: dict[str, Any], number: int) -> dict[str, Any]:
-    """Turn Optuna params into config values by space path (subset -> index list, simplex -> weights).
+    """Turn Optuna params into config values by space path (subset -> index list, simplex -> weights);
+    a parameter the trial did not have (its condition was false) is left out.
 
     An empty subset is repaired to the single index ``number % N`` (deterministic, so that a
     trial's config is reproducible from its number), because no consumer accepts an empty set.
     """
     values: dict[str, Any] = {}
     for path, spec in space.items():
-        kind, arg = _space_kind(path, spec)
+        kind, arg = kind_of(spec)
         if kind == "subset":
+            if f"{path}.0" not in params:
+                continue
             chosen = [i for i in range(int(arg)) if params[f"{path}.{i}"]]
             values[path] = chosen or [number % int(arg)]
         elif kind == "simplex":
+            if f"{path}.0" not in params:
+                continue
             raw = [float(params[f"{path}.{i}"]) for i in range(int(arg))]
             total = sum(raw)
             values[path] = [r / total for r in raw] if total > 0 else [1.0 / len(raw)] * len(raw)
-        else:
+        elif path in params:
             values[path] = params[path]
     return values
 
@@ -144,15 +153,32 @@ def study_name(plan: Any) -> str:
     return str(_field(plan.study, "name"))
 
 
-def cell_seeds(cell: Any) -> list[int]:
-    """The seeds a cell runs (``[base_config.seed]`` when the cell lists none)."""
-    seeds = list(_field(cell, "seeds", None) or [])
-    return seeds or [int(_field(cell, "base_config", {}).get("seed", 0))]
+def cell_replicates(cell: Any) -> list[dict]:
+    """The replicates (Replicate dicts) a cell runs (its base config's when the cell lists none)."""
+    reps = list(_field(cell, "replicates", None) or [])
+    return reps or list(_field(cell, "base_config", {}).get("replicates") or [{}])
+
+
+def with_replicate(config: dict, rep: dict) -> dict:
+    """A trial config (without the ``ltbias`` block) as replicate ``rep`` runs it
+    (``trainables.config.apply_replicate``: world seed, pre-training seeds, fine-tuning seed)."""
+    from trainables.config import Replicate, TrialConfig, apply_replicate
+
+    cfg = apply_replicate(TrialConfig.model_validate(config), Replicate.model_validate(rep))
+    return cfg.model_dump(mode="json")
+
+
+def replicate_label(rep: dict | None) -> str | None:
+    """'w0-p1-f0' (the ``ltbias.replicate`` tag), None for a trial over all replicates."""
+    if rep is None:
+        return None
+    from trainables.config import Replicate
+    return Replicate.model_validate(rep).label()
 
 
 def cell_group_size(cell: Any) -> int:
-    """Tune trials per configuration: one per seed for ``train`` cells, else one."""
-    return len(cell_seeds(cell)) if _field(cell, "kind", "train") == "train" else 1
+    """Tune trials per configuration: one per replicate for ``train`` cells, else one."""
+    return len(cell_replicates(cell)) if _field(cell, "kind", "train") == "train" else 1
 
 
 def cell_num_configs(cell: Any) -> int:
@@ -200,10 +226,12 @@ class _CellState:
 class CellSearcher(Searcher):
     """Emit a plan's prerequisite and cell trials, keeping one Optuna study per searched cell."""
 
-    def __init__(self, plan: Any, *, sampler_seed: int | None = None):
+    def __init__(self, plan: Any, *, sampler_seed: int | None = None, execution: str | None = None):
         super().__init__(metric=plan.metric, mode=plan.mode)
         self._plan = plan
         self._study = study_name(plan)
+        self._execution = execution
+        self._orphans: dict[str, list[int]] = {}  # cell -> Optuna trials asked but never emitted
         self._storage = plan.optuna_storage
         self._sampler_seed = sampler_seed
         self._prereqs: list[dict] = [dict(p) for p in (_field(plan, "prerequisites", None) or [])]
@@ -212,11 +240,10 @@ class CellSearcher(Searcher):
             raise ValueError(f"cell id {STAGE1_CELL!r} is reserved for stage-1 prerequisites")
         self._state = {cid: _CellState() for cid in self._cells}
         self._prereq_emitted = 0
-        self._prereq_done: set[str] = set()
         self._trials: dict[str, tuple[str, int]] = {}  # Tune trial id -> (cell id, group index)
         self._completed: set[str] = set()
         self._optuna: dict[str, optuna.Study] = {}  # opened lazily; never pickled
-        self._rdb: optuna.storages.RDBStorage | None = None  # one engine for every call; never pickled
+        self._rdb: optuna.storages.BaseStorage | None = None  # opened once; never pickled
 
     # ------------------------------------------------------------------ Tune hooks
 
@@ -231,7 +258,10 @@ class CellSearcher(Searcher):
         return plan_num_trials(self._plan)
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        """The next trial config, None while post-hoc cells wait for stage 1, FINISHED at the end."""
+        """The next trial config (prerequisites first, then cells in order), FINISHED at the end.
+
+        Never None: every allowed slot gets a trial, so Tune keeps one worker per slot busy.
+        """
         if self._prereq_emitted < len(self._prereqs):
             index = self._prereq_emitted
             self._prereq_emitted += 1
@@ -239,15 +269,10 @@ class CellSearcher(Searcher):
             config = copy.deepcopy(self._prereqs[index])
             with_envelope(config, Envelope(STAGE1_CELL, 1, group=index, seed=config.get("seed")))
             return config
-        waiting = False
-        for cid, cell in self._cells.items():
-            if self._exhausted(cid):
-                continue
-            if _field(cell, "kind", "train") != "train" and not self._stage1_finished():
-                waiting = True
-                continue
-            return self._next_of_cell(cid, trial_id)
-        return None if waiting else Searcher.FINISHED
+        for cid in self._cells:
+            if not self._exhausted(cid):
+                return self._next_of_cell(cid, trial_id)
+        return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -257,7 +282,6 @@ class CellSearcher(Searcher):
         self._completed.add(trial_id)
         cid, gindex = self._trials[trial_id]
         if cid == STAGE1_CELL:
-            self._prereq_done.add(trial_id)
             return
         value = None if error else _finite(result, self._metric)
         group = self._state[cid].groups[gindex]
@@ -268,19 +292,21 @@ class CellSearcher(Searcher):
     # ------------------------------------------------------------------ persistence
 
     def get_state(self) -> dict:
-        """Bookkeeping only; Optuna's trials live in its RDB storage."""
+        """Bookkeeping only; Optuna's trials live in its storage."""
         return {k: v for k, v in self.__dict__.items() if k not in ("_optuna", "_plan", "_rdb")}
 
     def set_state(self, state: dict) -> None:
         """Restore bookkeeping saved by ``get_state`` (the plan and Optuna handles are kept)."""
         self.__dict__.update(state)
         self._optuna = {}
-        self._fail_orphans()
+        self.__dict__.setdefault("_execution", None)
+        self._orphans = {}
+        self._adopt_orphans()
 
-    def rdb(self) -> "optuna.storages.RDBStorage":
-        """The Optuna RDB storage, opened once (a new engine per call costs about 0.3 s)."""
+    def rdb(self) -> "optuna.storages.BaseStorage":
+        """The Optuna storage (journal file or RDB), opened once per process."""
         if self._rdb is None:
-            self._rdb = optuna.storages.RDBStorage(self._storage)
+            self._rdb = retry(open_optuna_storage, self._storage, what=f"Optuna storage {self._storage}")
         return self._rdb
 
     def save(self, checkpoint_path: str) -> None:
@@ -295,24 +321,9 @@ class CellSearcher(Searcher):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_optuna"] = {}  # SQLAlchemy engines do not pickle; reopened from the RDB on use
+        state["_optuna"] = {}  # storage handles do not pickle; reopened on use
         state["_rdb"] = None
         return state
-
-    def reset_studies(self) -> None:
-        """Delete this plan's Optuna studies left in the RDB by an earlier, discarded execution.
-
-        A fresh execution (not ``--resume``) starts with an empty Tune experiment; Optuna trials
-        of a run whose Tune state is gone would otherwise bias the sampler and never be told.
-        """
-        names = {f"{self._study}/{cid}" for cid, c in self._cells.items() if _field(c, "space")}
-        try:
-            existing = {s.study_name for s in optuna.get_all_study_summaries(storage=self.rdb())}
-        except Exception:  # noqa: BLE001 - a fresh DB has no tables yet: nothing to delete
-            return
-        for name in sorted(names & existing):
-            optuna.delete_study(study_name=name, storage=self.rdb())
-        self._optuna = {}
 
     # ------------------------------------------------------------------ queries
 
@@ -321,17 +332,15 @@ class CellSearcher(Searcher):
         return self._trials.get(trial_id)
 
     def optuna_study(self, cell_id: str) -> optuna.Study:
-        """The cell's Optuna study, created in the RDB on first use."""
+        """The cell's Optuna study, created in the storage on first use."""
         if cell_id not in self._optuna:
             cell = self._cells[cell_id]
             space = _field(cell, "space", None) or {}
             algorithm = _field(cell, "algorithm", "optuna")
-            name = f"{self._study}/{cell_id}"
-            # A resumed study continues the sampler's random stream from where the RDB stands,
-            # so startup trials after a restart do not repeat the first run's proposals.
-            done = _count_trials(self.rdb(), name)
+            name = self.optuna_name(cell_id)
+            # Seeded by study and cell (not execution): two executions propose the same values.
             seed = _stable_seed(self._sampler_seed if self._sampler_seed is not None else "",
-                                name, done)
+                                f"{self._study}/{cell_id}")
             if algorithm == "grid":
                 sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(
                     grid_values(space), seed=seed)
@@ -343,16 +352,22 @@ class CellSearcher(Searcher):
                 raise ValueError(f"cell {cell_id}: algorithm {algorithm!r} is not one of "
                                  "grid, random, optuna")
             optuna.logging.set_verbosity(optuna.logging.WARNING)  # else INFO lines per study
-            self._optuna[cell_id] = optuna.create_study(
-                study_name=name, storage=self.rdb(), load_if_exists=True, sampler=sampler,
-                direction="maximize" if self._mode == "max" else "minimize")
+            study = retry(optuna.create_study, study_name=name, storage=self.rdb(),
+                          load_if_exists=True, sampler=sampler,
+                          direction="maximize" if self._mode == "max" else "minimize",
+                          what=f"Optuna study {name}")
+            saved = self.rdb().get_study_system_attrs(
+                self.rdb().get_study_id_from_name(name)).get(SAMPLER_ATTR)
+            if saved:  # a resumed execution continues the sampler where it stood
+                study.sampler = pickle.loads(base64.b64decode(saved))  # noqa: S301 - our own RDB
+            self._optuna[cell_id] = study
         return self._optuna[cell_id]
 
-    # ------------------------------------------------------------------ internals
+    def optuna_name(self, cell_id: str) -> str:
+        """The name of cell ``cell_id``'s Optuna study in this execution."""
+        return optuna_study_name(self._study, cell_id, getattr(self, "_execution", None))
 
-    def _stage1_finished(self) -> bool:
-        return (self._prereq_emitted == len(self._prereqs)
-                and len(self._prereq_done) == len(self._prereqs))
+    # ------------------------------------------------------------------ internals
 
     def _exhausted(self, cid: str) -> bool:
         st = self._state[cid]
@@ -374,60 +389,72 @@ class CellSearcher(Searcher):
         base = copy.deepcopy(dict(cell.base_config))
         number = None
         if space:
-            trial = self.optuna_study(cid).ask(optuna_distributions(space))
-            number = trial.number
-            base = apply_params(base, space_values(space, trial.params, number))
+            number, values = self._ask(cid, space, base)
+            base = apply_params(base, values)
         gindex = st.emitted_configs
         st.emitted_configs += 1
         size = cell_group_size(cell)
         st.groups[gindex] = _Group(optuna_trial=number, size=size)
-        seeds: list[int | None] = list(cell_seeds(cell)) if size > 1 or _field(
+        reps: list[dict | None] = list(cell_replicates(cell)) if size > 1 or _field(
             cell, "kind", "train") == "train" else [None]
         configs = []
-        for seed in seeds:
-            config = copy.deepcopy(base)
-            if seed is not None:
-                config["seed"] = int(seed)
+        for rep in reps:
+            config = with_replicate(base, rep) if rep is not None else copy.deepcopy(base)
             with_envelope(config, Envelope(cid, 1 if _field(cell, "kind") == "train" else 2,
-                                           group=gindex, optuna_trial=number, seed=seed))
+                                           group=gindex, optuna_trial=number,
+                                           seed=None if rep is None else config["seed"],
+                                           replicate=replicate_label(rep)))
             configs.append(config)
         return configs
 
-    def _tell(self, cid: str, group: _Group) -> None:
-        group.told = True
-        if group.optuna_trial is None:
-            return
-        values = [v for v in group.members.values() if v is not None]
+    def _ask(self, cid: str, space: dict, base: dict) -> tuple[int, dict]:
+        """(number, config values by path) of the cell's next Optuna trial: an orphan first
+        (its recorded params replayed through the same define-by-run ``sample``), else a new ask
+        after which the sampler's state is saved (so a resumed study continues its random stream).
+        Sampling is define-by-run: a parameter whose ``when`` condition is false is never suggested."""
         study = self.optuna_study(cid)
-        if values:
-            study.tell(group.optuna_trial, statistics.fmean(values), skip_if_finished=True)
-        else:
-            study.tell(group.optuna_trial, state=TrialState.FAIL, skip_if_finished=True)
+        lookup = lambda path: get_path(base, path)  # noqa: E731 - conditions on fixed config values
+        orphans = self._orphans.get(cid) or []
+        if orphans:
+            number = orphans.pop(0)
+            trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+            return number, sample(space, optuna.trial.FixedTrial(dict(trial.params), number), lookup)
+        name = self.optuna_name(cid)
+        trial = retry(study.ask, what=f"Optuna study {name}")
+        values = sample(space, trial, lookup)
+        state = base64.b64encode(pickle.dumps(study.sampler)).decode("ascii")
+        retry(self.rdb().set_study_system_attr, self.rdb().get_study_id_from_name(name),
+              SAMPLER_ATTR, state, what=f"Optuna study {name}")
+        return trial.number, values
 
-    def _fail_orphans(self) -> None:
-        """Mark FAIL the Optuna trials asked after the last searcher checkpoint (never emitted)."""
+    def _tell(self, cid: str, group: _Group) -> None:
+        if group.optuna_trial is not None:
+            values = [v for v in group.members.values() if v is not None]
+            study = self.optuna_study(cid)
+            what = f"Optuna study {self.optuna_name(cid)}"
+            if values:
+                retry(study.tell, group.optuna_trial, statistics.fmean(values),
+                      skip_if_finished=True, what=what)
+            else:
+                retry(study.tell, group.optuna_trial, state=TrialState.FAIL,
+                      skip_if_finished=True, what=what)
+        group.told = True  # only once Optuna holds the result
+
+    def _adopt_orphans(self) -> None:
+        """Hand out again the Optuna trials asked after the last searcher checkpoint (never emitted),
+        in the order they were asked, before asking new ones: the resumed study then evaluates the
+        same configurations as an uninterrupted one, and Optuna holds no extra trial."""
         for cid, st in self._state.items():
             if not _field(self._cells[cid], "space", None):
                 continue
             known = {g.optuna_trial for g in st.groups.values()}
             study = self.optuna_study(cid)
-            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if t.number not in known:
-                    study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-                    # never evaluated: propose it again (a grid sampler counts FAIL as visited)
-                    study.enqueue_trial(t.params, skip_if_exists=False)
+            self._orphans[cid] = sorted(t.number for t in study.get_trials(
+                deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in known)
 
 
 def _finite(result: dict | None, metric: str) -> float | None:
     return finite((result or {}).get(metric))
-
-
-def _count_trials(storage: "str | optuna.storages.BaseStorage", name: str) -> int:
-    try:
-        summaries = optuna.get_all_study_summaries(storage=storage)
-    except Exception:  # noqa: BLE001 - a fresh DB has no tables yet; Optuna creates them later
-        return 0
-    return next((s.n_trials for s in summaries if s.study_name == name), 0)
 
 
 def iter_groups(records: Iterable[dict]) -> dict[tuple[str, int], list[dict]]:
@@ -441,6 +468,6 @@ def iter_groups(records: Iterable[dict]) -> dict[tuple[str, int], list[dict]]:
     return groups
 
 
-__all__ = ["CellSearcher", "META_KEY", "STAGE1_CELL", "cell_num_trials", "cell_seeds",
-           "get_path", "grid_values", "iter_groups", "optuna_distributions", "plan_num_trials",
+__all__ = ["CellSearcher", "META_KEY", "SAMPLER_ATTR", "STAGE1_CELL", "cell_num_trials", "cell_replicates",
+           "get_path", "grid_values", "iter_groups", "optuna_distributions", "optuna_study_name", "plan_num_trials",
            "space_values", "strip_meta", "study_name", "trial_meta"]

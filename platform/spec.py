@@ -33,88 +33,19 @@ from pydantic import (BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr,
 
 from platform import paths
 from platform.errors import Issue, SpecError, did_you_mean, show_value
+from platform.space import DISTRIBUTIONS, check_distribution, condition, grid_size, representative_values
+from platform.space import JSON_SCHEMA as SPACE_SCHEMA
 from trainables.config import (BackboneConfig, BackdoorConfig, DatasetConfig, FinetuneConfig,
-                               MethodConfig, RuntimeConfig, TrialConfig)
+                               MethodConfig, Replicate, RuntimeConfig, SeedAxes, TrialConfig, seed_axes)
 
 Segment = str | int
 PathTuple = tuple[Segment, ...]
 
 # --------------------------------------------------------------------------------------------
-# Search distributions: one-key mappings, kept as plain dicts (what the searcher consumes).
+# Search distributions: the models and checks live in platform.space; the plan carries plain dicts.
 # --------------------------------------------------------------------------------------------
 
-DISTRIBUTIONS = {
-    "int": "[lo, hi] integers, lo < hi (both included)",
-    "float": "[lo, hi] numbers, lo < hi (uniform)",
-    "logfloat": "[lo, hi] numbers, 0 < lo < hi (log-uniform)",
-    "categorical": "a non-empty list of distinct choices",
-    "subset": "N >= 1: a non-empty subset of range(N), as a sorted list (backdoor.strata)",
-    "simplex": "N >= 1: N non-negative weights summing to 1 (backdoor.weights)",
-}
-_DIST_HELP = "a one-key mapping: " + "; ".join(f"{{{k}: {v.split(':')[0]}}}" if k in ("subset", "simplex")
-                                                 else f"{{{k}: {v}}}" for k, v in DISTRIBUTIONS.items())
-
-
-def check_distribution(value: Any) -> dict[str, Any]:
-    """Validate a search distribution such as ``{logfloat: [0.001, 0.1]}``; return it normalised."""
-    if not isinstance(value, dict) or len(value) != 1:
-        raise ValueError(f"a distribution is {_DIST_HELP}")
-    (kind, arg), = value.items()
-    if kind not in DISTRIBUTIONS:
-        raise ValueError(f"unknown distribution {kind!r}{did_you_mean(kind, list(DISTRIBUTIONS))} "
-                         f"(known: {', '.join(DISTRIBUTIONS)})")
-    expected = f"{{{kind}: {DISTRIBUTIONS[kind]}}}"
-    if kind in ("int", "float", "logfloat"):
-        number = int if kind == "int" else (int, float)
-        if (not isinstance(arg, (list, tuple)) or len(arg) != 2
-                or not all(isinstance(x, number) and not isinstance(x, bool) for x in arg)):
-            raise ValueError(f"expected {expected}")
-        lo, hi = arg
-        if not all(math.isfinite(x) for x in arg):
-            raise ValueError(f"bounds must be finite: expected {expected}")
-        if not lo < hi:
-            raise ValueError(f"lo ({lo}) must be < hi ({hi}): expected {expected}")
-        if kind == "logfloat" and lo <= 0:
-            raise ValueError(f"lo ({lo}) must be > 0 on a log scale: expected {expected}")
-        return {kind: [lo, hi] if kind == "int" else [float(lo), float(hi)]}
-    if kind == "categorical":
-        if not isinstance(arg, (list, tuple)) or not arg:
-            raise ValueError(f"no choices: expected {expected}")
-        keys = [json.dumps(x, sort_keys=True, default=str) for x in arg]
-        for i, key in enumerate(keys):
-            if key in keys[:i]:
-                raise ValueError(f"choice {show_value(arg[i])} is given twice: expected {expected}")
-        return {kind: list(arg)}
-    if not isinstance(arg, int) or isinstance(arg, bool) or arg < 1:
-        raise ValueError(f"expected {expected}")
-    return {kind: arg}
-
-
-def representative_values(dist: dict[str, Any]) -> list[Any]:
-    """Values a distribution can produce that together probe its extremes (for validation)."""
-    (kind, arg), = dist.items()
-    if kind in ("int", "float", "logfloat", "categorical"):
-        return list(arg)
-    if kind == "subset":
-        return [list(range(arg)), [arg - 1]]
-    return [[1.0 / arg] * arg]  # simplex
-
-
-Distribution = Annotated[
-    dict[str, Any],
-    PlainValidator(check_distribution),
-    WithJsonSchema({"type": "object", "minProperties": 1, "maxProperties": 1,
-                    "description": _DIST_HELP,
-                    "properties": {
-                        "int": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
-                        "float": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
-                        "logfloat": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0},
-                                     "minItems": 2, "maxItems": 2},
-                        "categorical": {"type": "array", "minItems": 1},
-                        "subset": {"type": "integer", "minimum": 1},
-                        "simplex": {"type": "integer", "minimum": 1}},
-                    "additionalProperties": False}),
-]
+Distribution = Annotated[dict[str, Any], PlainValidator(check_distribution), WithJsonSchema(SPACE_SCHEMA)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,6 +127,28 @@ class SchedulerSpec(_Spec):
         return "asha" if self.asha is not None else "fifo"
 
 
+class Published(_Spec):
+    """A published number the report shows beside ours (LIFT's, the paper's), for the cells it
+    belongs to: those whose method is ``method`` and whose grid values match ``where``."""
+
+    source: str = Field(description="who published it and where, e.g. 'LIFT (ICML 2024), Table 1'")
+    method: str = Field(description="our method it compares with (a cell's method.name)")
+    where: dict[str, Any] = Field(default_factory=dict, description="grid axis -> value of the cells "
+                                                                    "it belongs to, e.g. {backbone_index: 0}")
+    metric: str = Field("test/acc", description="the metric (a fraction: 0.783 is 78.3 %)")
+    value: float | None = Field(None, description="the published value of metric")
+    min_gain: float | None = Field(None, description="instead of value: the claimed gain of method over "
+                                                     "the best single-model cell with the same where")
+    approximate: bool = Field(False, description="the number is read off a figure or quoted as 'about'")
+
+    @model_validator(mode="after")
+    def _one_number(self) -> "Published":
+        if (self.value is None) == (self.min_gain is None):
+            raise ValueError("give exactly one of value (a published number) and min_gain (a claimed "
+                             "gain over the best single model)")
+        return self
+
+
 class Resources(_Spec):
     """What one trial holds (fractions share a device)."""
 
@@ -230,31 +183,47 @@ class Study(TrialSections):
     runtime: RuntimeConfig = Field(
         default_factory=RuntimeConfig,
         description="where trials read and write; cache_dir and zoo_dir default under storage")
-    grid: dict[str, list[Any]] = Field(
-        default_factory=dict, description="study path -> non-empty list of values; the cells are "
-                                          "their full cross product (file order)")
+    grid: dict[str, list[Any] | dict[str, dict[str, Any]]] = Field(
+        default_factory=dict, description="study path -> non-empty list of values, or a named bundle "
+                                          "axis name -> {label: {study path: value, ...}} (one axis "
+                                          "setting several paths together); the cells are the full "
+                                          "cross product of the axes (file order)")
     search: SearchSpec = Field(default_factory=SearchSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     resources: Resources = Field(default_factory=Resources)
     max_concurrent: int = Field(0, ge=0, description="trials running at once; 0 = as many as "
                                                      "the cluster's resources allow")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
-                             description="stage-1 trials run once per seed; stage-2 trials average them")
+    seeds: list[int] | SeedAxes = Field(
+        default_factory=lambda: [0],
+        description="a list = fine-tuning seeds (world and pre-training replicate 0), or {world: [...], "
+                    "pretrain: [...], finetune: [...]} (their cross product); each combination is a "
+                    "replicate: stage-1 trials run once per replicate, stage-2 trials evaluate all")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default "
                                                        "sqlite:///<repo>/outputs/mlflow.db")
     storage: str | None = Field(None, description="Ray Tune storage (path or URI); default "
                                                   "<repo>/outputs/ray_results")
     max_failures: int = Field(2, ge=0, description="retries of a failing trial")
+    published: list[Published] = Field(
+        default_factory=list, description="published numbers (LIFT, the paper) shown beside ours")
 
     _source: "Source | None" = PrivateAttr(default=None)
 
     @field_validator("seeds")
     @classmethod
-    def _distinct_seeds(cls, v: list[int]) -> list[int]:
-        dup = [s for i, s in enumerate(v) if s in v[:i]]
-        if dup:
-            raise ValueError(f"seed {dup[0]} is listed twice; seeds must be distinct")
+    def _distinct_seeds(cls, v: "list[int] | SeedAxes") -> "list[int] | SeedAxes":
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("give at least one seed")
+            seed_axes(v)  # distinct
         return v
+
+    def seed_axes(self) -> SeedAxes:
+        """The study's three seed axes (a plain list = fine-tuning seeds)."""
+        return seed_axes(self.seeds)
+
+    def replicates(self) -> list[Replicate]:
+        """Every replicate (world x pretrain x finetune seed) the study runs."""
+        return self.seed_axes().replicates()
 
     @model_validator(mode="after")
     def _resolve_locations(self) -> "Study":
@@ -268,7 +237,9 @@ class Study(TrialSections):
             self.storage = str(paths.local_path(self.storage))
         if self.scheduler.asha is not None and self.scheduler.asha.max_t is None:
             epochs = [self.finetune.epochs] + [v for v in self.grid.get("finetune.epochs", [])
-                                               if isinstance(v, int)]
+                                               if isinstance(v, int)] + [
+                b["finetune.epochs"] for axis in self.grid.values() if isinstance(axis, dict)
+                for b in axis.values() if isinstance(b.get("finetune.epochs"), int)]
             self.scheduler.asha.max_t = max(1, *epochs)
         return self
 
@@ -279,8 +250,9 @@ class Study(TrialSections):
 
     def spec_hash(self) -> str:
         """sha256 of the resolved spec JSON, without where/how fast it runs (storage,
-        tracking_uri, max_concurrent), so a study moved to a cluster keeps its identity."""
-        data = self.model_dump(mode="json", exclude=set(_LOCATION_FIELDS))
+        tracking_uri, max_concurrent) and the published numbers it is compared with, so a study
+        moved to a cluster keeps its identity."""
+        data = self.model_dump(mode="json", exclude=set(_LOCATION_FIELDS) | {"published"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def to_yaml(self) -> str:
@@ -438,12 +410,103 @@ class Source:
                      context=context, **kw)
 
 
+# --------------------------------------------------------------------------------------------
+# Limits: a study file is small; anything far larger is a mistake or an attack (an alias bomb
+# expands a 1 KB file into gigabytes). Each limit is checked before the costly step it guards.
+# --------------------------------------------------------------------------------------------
+
+MAX_STUDY_BYTES = 1_000_000
+"""Largest study file read (bytes)."""
+MAX_YAML_ALIASES = 100
+"""Most alias references (``*name``) in a study file."""
+MAX_YAML_NODES = 100_000
+"""Most YAML nodes (mapping keys, values, list items) after aliases are expanded."""
+MAX_LIST_ITEMS = 10_000
+"""Longest list anywhere in a study (seeds, grid values, ...)."""
+MAX_STUDY_TRIALS = 100_000
+"""Most trials a study may plan: grid cells x seeds x configurations per cell (before expansion)."""
+
+
+def _check_yaml_size(node: yaml.Node, file: str) -> None:
+    """Refuse a composed document with too many aliases, nodes (expanded) or list items."""
+    sizes: dict[int, int] = {}
+    refs: dict[int, int] = {}
+    busy: set[int] = set()
+    issues: list[Issue] = []
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in busy:
+            raise SpecError([Issue("", "an alias refers to a node that contains it (a recursive "
+                                   "structure); remove the alias", line=n.start_mark.line + 1)], file)
+        busy.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(n, yaml.MappingNode):
+            children = [c for pair in n.value for c in pair]
+        elif isinstance(n, yaml.SequenceNode):
+            children = list(n.value)
+            if len(children) > MAX_LIST_ITEMS and not issues:
+                issues.append(Issue("", f"a list of {len(children)} items; at most "
+                                    f"{MAX_LIST_ITEMS} are allowed (MAX_LIST_ITEMS)",
+                                    line=n.start_mark.line + 1))
+        total = 1
+        for child in children:
+            refs[id(child)] = refs.get(id(child), 0) + 1
+            total += size(child)
+        busy.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        total = size(node)
+    except RecursionError:
+        raise SpecError([Issue("", "the YAML is nested too deeply; flatten it")], file) from None
+    aliases = sum(n - 1 for n in refs.values() if n > 1)
+    if aliases > MAX_YAML_ALIASES:
+        issues.append(Issue("", f"{aliases} alias references; at most {MAX_YAML_ALIASES} are "
+                            "allowed (MAX_YAML_ALIASES): write the values out"))
+    if total > MAX_YAML_NODES:
+        issues.append(Issue("", f"{total} YAML nodes once aliases are expanded; at most "
+                            f"{MAX_YAML_NODES} are allowed (MAX_YAML_NODES)"))
+    if issues:
+        raise SpecError(issues, file)
+
+
+def check_study_size(study: "Study", source: "Source") -> None:
+    """Refuse a study planning more than MAX_STUDY_TRIALS trials, counted without expanding the
+    grid: cells (product of the grid's list lengths) x seeds x configurations per cell."""
+    cells = math.prod(len(v) for v in study.grid.values()) if study.grid else 1
+    samples = 1
+    if study.search.space:
+        samples = study.search.num_samples or 10
+        if study.search.algorithm == "grid" and not study.search.num_samples:
+            try:
+                samples = grid_size(study.search.space)
+            except ValueError:  # reported by _check_search, with the field
+                samples = 1
+    axes = study.seed_axes()
+    replicates = len(axes.world) * len(axes.pretrain) * len(axes.finetune)
+    trials = cells * replicates * samples
+    if trials > MAX_STUDY_TRIALS:
+        raise SpecError([source.issue(("grid",) if study.grid else (), (
+            f"the study would plan about {trials:,} trials ({cells:,} cells x {replicates:,} "
+            f"replicates x {samples:,} configurations); at most {MAX_STUDY_TRIALS:,} are allowed "
+            "(MAX_STUDY_TRIALS): shrink the grid, the seeds or search.num_samples"),
+            has_value=False)], source.file)
+
+
 def _compose(text: str, file: str) -> tuple[Any, dict[PathTuple, int]]:
     """``yaml.safe_load`` of ``text`` plus the 1-based line of every mapping key and list item."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
+        if node is not None:
+            _check_yaml_size(node, file)
         data = loader.construct_document(node) if node is not None else None
+    except RecursionError:
+        raise SpecError([Issue("", "the YAML is nested too deeply; flatten it")], file) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -644,6 +707,9 @@ def trial_problems(trial: dict) -> list[tuple[PathTuple, Any, str]]:
                              f"must be a training method (kind 'train'), not a {kinds[path]!r} one"))
     if kinds.get(("method", "name")) == "ensemble":
         problems += _backdoor_problems(trial)
+        problems += _weighting_problems(trial)
+        problems += _baseline_problems(trial, methods)
+    problems += _class_name_problems(trial, kinds)
     root = trial["dataset"]["root"]
     if root and not Path(root).expanduser().is_dir():
         problems.append((("dataset", "root"), root, "no such folder: give the folder holding the "
@@ -653,6 +719,72 @@ def trial_problems(trial: dict) -> list[tuple[PathTuple, Any, str]]:
         problems.append((("runtime", "fault"), fault, "must be nan_at_epoch:N or crash_at_epoch:N "
                                                       "(testing only; leave unset otherwise)"))
     return problems
+
+
+def _baseline_problems(trial: dict, methods: list[str]) -> list[tuple[PathTuple, Any, str]]:
+    """backdoor.baselines: single-model methods (training, or post-hoc on a training base)."""
+    problems: list[tuple[PathTuple, Any, str]] = []
+    for i, m in enumerate(trial["backdoor"]["baselines"]):
+        path: PathTuple = ("backdoor", "baselines", i, "name")
+        if m["name"] not in methods:
+            problems.append((path, m["name"], f"unknown method{did_you_mean(m['name'], methods)} "
+                                              f"(known: {', '.join(methods)})"))
+            continue
+        kind = method_kind(m["name"])
+        if kind == "ensemble":
+            problems.append((path, m["name"], "a baseline is a single-model method (training or "
+                                              "post-hoc), not an ensemble"))
+        elif kind == "posthoc" and (m["base_method"] not in methods or method_kind(m["base_method"]) != "train"):
+            problems.append((("backdoor", "baselines", i, "base_method"), m["base_method"],
+                             "must be a training method (kind 'train') whose logits the post-hoc baseline corrects"))
+    return problems
+
+
+def _weighting_problems(trial: dict) -> list[tuple[PathTuple, Any, str]]:
+    """backdoor.weighting against its registry, and the aggregation space it needs."""
+    from trainables.methods.weighting import WEIGHTINGS, check_space
+
+    name, space = trial["backdoor"]["weighting"], trial["backdoor"]["aggregation"]
+    if name not in WEIGHTINGS:
+        known = WEIGHTINGS.names()
+        return [(("backdoor", "weighting"), name, f"unknown weighting rule{did_you_mean(name, known)} "
+                                                  f"(known: {', '.join(known)})")]
+    try:
+        check_space(name, space)
+    except ValueError as e:
+        return [(("backdoor", "aggregation"), space, str(e))]
+    return []
+
+
+def _class_name_problems(trial: dict, kinds: dict[PathTuple, str]) -> list[tuple[PathTuple, Any, str]]:
+    """Placeholder class names (class_<i>) where a text tower reads them: a text-initialised head,
+    or a method that needs zero-shot logits (q_hat), on an open_clip backbone."""
+    from trainables.config import DatasetConfig
+    from trainables.data.names import placeholder_names
+    from trainables.methods import METHODS
+
+    if not placeholder_names(DatasetConfig.model_validate(trial["dataset"])):
+        return []
+    ensemble = kinds.get(("method", "name")) == "ensemble"
+    models = trial["pool"] if ensemble else [trial["backbone"]]
+    if not any(b["family"] == "open_clip" for b in models):
+        return []
+    needs = []
+    if trial["finetune"]["head"] == "text":
+        needs.append("finetune.head 'text'")
+    names = [("method.name", trial["method"]["name"])]
+    if ensemble:
+        names.append(("backdoor.stratum_method.name", trial["backdoor"]["stratum_method"]["name"]))
+        if trial["backdoor"]["debias"] == "gla":
+            needs.append("the backdoor's q_hat (debias gla)")
+    needs += [f"{field} {name!r} (zero-shot logits)" for field, name in names
+              if name in METHODS and getattr(METHODS.get(name), "needs_prior", False)]
+    if not needs:
+        return []
+    return [(("dataset", "classnames"), None,
+             f"{trial['dataset']['name']} would get placeholder class names class_0, class_1, ... and "
+             f"{', '.join(needs)} reads them through the text tower; set dataset.classnames to the "
+             "class-name file (one name per line, '<id> <name>' lines or iNaturalist's categories.json)")]
 
 
 def _backdoor_problems(trial: dict) -> list[tuple[PathTuple, Any, str]]:
@@ -730,8 +862,8 @@ def trial_config(sections: dict, study: Study) -> dict:
         "finetune": sections["finetune"],
         "method": sections["method"],
         "backdoor": sections["backdoor"],
-        "seed": study.seeds[0],
-        "seeds": list(study.seeds),
+        "seed": study.replicates()[0].finetune,
+        "replicates": [r.model_dump() for r in study.replicates()],
         "runtime": _runtime(study),
     }
 
@@ -743,7 +875,7 @@ def _to_study_path(trial_path: Sequence[Segment], backbone_index: int) -> PathTu
         return ("backbones", backbone_index) + rest
     if head == "pool":
         return ("backbones",) + rest
-    if head in ("seed", "seeds"):
+    if head in ("seed", "replicates"):
         return ("seeds",)
     return tuple(trial_path)
 
@@ -752,25 +884,43 @@ def expand_grid(study: Study) -> list[GridPoint]:
     """Every grid cell (full cross product, axes in file order), each validated; SpecError lists
     each problem once, naming the cells it occurs in."""
     source = study.source or Source(file="<study>")
-    axes = list(study.grid.items())
     base = study.model_dump(mode="json", include=set(GRID_ROOTS))
-    resolved: list[list[Segment]] = []
+    # Each axis: its name, its value labels, and per value the (study path, value) it sets. A plain
+    # axis sets its own path; a bundle axis {label: {path: value}} sets each label's paths.
+    axes: list[tuple[str, list[Any]]] = []
+    settings: list[list[list[tuple[list[Segment], Any]]]] = []
+    resolved: list[list[list[Segment]]] = []  # per axis, the study paths it sets
     issues: list[Issue] = []
-    for axis, values in axes:
-        try:
-            segments, _ = resolve_path(TrialSections, split_path(axis), roots=GRID_ROOTS)
-            resolved.append(segments)
-        except ValueError as e:
-            issues.append(source.issue(("grid", axis), f"not a study path: {e}", has_value=False))
-            continue
+    for axis, values in study.grid.items():
         if not values:
             issues.append(source.issue(("grid", axis), "an axis needs at least one value", values))
             continue
+        bundle = isinstance(values, dict)
+        per_value = list(values.values()) if bundle else [{axis: v} for v in values]
+        paths: dict[str, list[Segment]] = {}
+        ok = True
+        for j, assignment in enumerate(per_value):
+            for path in assignment:
+                if path in paths:
+                    continue
+                try:
+                    paths[path], _ = resolve_path(TrialSections, split_path(path), roots=GRID_ROOTS)
+                except ValueError as e:
+                    where = ("grid", axis, list(values)[j], path) if bundle else ("grid", axis)
+                    issues.append(source.issue(where, f"not a study path: {e}", has_value=False))
+                    ok = False
+        if not ok:
+            continue
         try:  # indices must exist in the study (a '*' or a field creates nothing new)
-            set_path(copy.deepcopy(base), segments, values[0])
+            for path, value in per_value[0].items():
+                set_path(copy.deepcopy(base), paths[path], value)
         except KeyError as e:
             issues.append(source.issue(("grid", axis), f"cannot be applied: {e.args[0]}",
                                        has_value=False))
+            continue
+        axes.append((axis, list(values)))
+        settings.append([[(paths[p], v) for p, v in a.items()] for a in per_value])
+        resolved.append(list(paths.values()))
     if issues:
         raise SpecError(issues, source.file)
 
@@ -786,7 +936,7 @@ def expand_grid(study: Study) -> list[GridPoint]:
         def axis_of(study_path: Sequence[Segment]) -> tuple[PathTuple, Any] | None:
             """The grid value node responsible for a study path (last matching axis wins)."""
             for k in reversed(range(len(axes))):
-                if _matches(resolved[k], study_path):
+                if any(_matches(r, study_path) for r in resolved[k]):
                     return ("grid", axes[k][0], combo[k]), axes[k][1][combo[k]]
             return None
 
@@ -801,8 +951,9 @@ def expand_grid(study: Study) -> list[GridPoint]:
 
         doc = copy.deepcopy(base)
         try:
-            for k, segments in enumerate(resolved):
-                set_path(doc, segments, axes[k][1][combo[k]])
+            for k in range(len(axes)):
+                for segments, value in settings[k][combo[k]]:
+                    set_path(doc, segments, value)
         except KeyError as e:
             record(("grid", axes[k][0]), None, f"cannot be applied: {e.args[0]}", has_value=False)
             continue
@@ -883,10 +1034,13 @@ def searched(study: Study, point: GridPoint) -> bool:
     if not study.search.space:
         return False
     for path, allowed in (study.search.where or {}).items():
-        try:
-            value = get_path(point.sections, resolve_path(TrialSections, split_path(path))[0])
-        except (KeyError, ValueError):
-            return False
+        if isinstance(study.grid.get(path), dict):  # a bundle axis: its labels
+            value = point.values.get(path)
+        else:
+            try:
+                value = get_path(point.sections, resolve_path(TrialSections, split_path(path))[0])
+            except (KeyError, ValueError):
+                return False
         if value not in allowed:
             return False
     return True
@@ -905,15 +1059,37 @@ def _check_search(study: Study, points: list[GridPoint]) -> None:
                                        has_value=False))
     for path, allowed in (study.search.where or {}).items():
         try:
-            resolve_path(TrialSections, split_path(path), roots=GRID_ROOTS)
+            if not isinstance(study.grid.get(path), dict):
+                resolve_path(TrialSections, split_path(path), roots=GRID_ROOTS)
         except ValueError as e:
             issues.append(source.issue(("search", "where", path), f"not a study path: {e}",
                                        has_value=False))
         if not allowed:
             issues.append(source.issue(("search", "where", path), "needs at least one value", allowed))
+    order = list(study.search.space)
+    for path, dist in study.search.space.items():
+        for cond in condition(dist):
+            if cond in study.search.space:
+                if order.index(cond) >= order.index(path):
+                    issues.append(source.issue(("search", "space", path, "when"), f"{cond!r} is searched "
+                                               f"after {path!r}: list the parameter a condition reads first",
+                                               has_value=False))
+                continue
+            try:
+                resolve_path(TrialConfig, split_path(cond), roots=SEARCH_ROOTS)
+            except ValueError as e:
+                issues.append(source.issue(("search", "space", path, "when"), f"{cond!r} is not a trial "
+                                           f"path: {e}", has_value=False))
+        if study.search.algorithm == "grid" and condition(dist):
+            issues.append(source.issue(("search", "space", path, "when"), "algorithm grid enumerates "
+                                       "every combination, so a condition cannot skip a parameter; use "
+                                       "optuna or random, or sweep the condition as a grid axis",
+                                       has_value=False))
+    swept = [(axis, p) for axis, values in study.grid.items()
+             for p in (sorted({q for b in values.values() for q in b}) if isinstance(values, dict) else [axis])]
     for path, segments in space.items():
-        for axis in study.grid:
-            a = split_path(axis)
+        for axis, swept_path in swept:
+            a = split_path(swept_path)
             if a[0] in SEARCH_ROOTS and (_matches(a, segments) or _matches(segments, a)):
                 issues.append(source.issue(("search", "space", path), f"is also the grid axis {axis!r}: "
                                            "a parameter is either swept or searched", has_value=False))
@@ -988,8 +1164,27 @@ def parse_study(text: str, file: str = "<study>", overrides: Sequence[str] = (),
     except ValidationError as err:
         raise SpecError(pydantic_issues(err, Study, source), file) from None
     study._source = source
+    check_study_size(study, source)
     _check_search(study, expand_grid(study))
+    _check_published(study)
     return study
+
+
+def _check_published(study: Study) -> None:
+    """Every published entry names a method and grid values some cell has."""
+    source = study.source or Source(file="<study>")
+    issues: list[Issue] = []
+    for i, entry in enumerate(study.published):
+        methods = set(study.grid.get("method.name", [study.method.name]))
+        if entry.method not in methods:
+            issues.append(source.issue(("published", i, "method"), "no cell runs this method (cells run "
+                                       f"{', '.join(map(str, sorted(methods)))})", entry.method))
+        for axis, value in entry.where.items():
+            if axis not in study.grid or value not in study.grid[axis]:
+                issues.append(source.issue(("published", i, "where", axis), "must be a grid axis and one of "
+                                           "its values, so that the number has cells to stand beside", value))
+    if issues:
+        raise SpecError(issues, source.file)
 
 
 def load_study(path: str | Path, overrides: Sequence[str] = (),
@@ -997,17 +1192,31 @@ def load_study(path: str | Path, overrides: Sequence[str] = (),
     """Read and fully validate the study file ``path`` (see ``parse_study``)."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_STUDY_BYTES + 1)
     except FileNotFoundError:
         raise SpecError([Issue("", "no such study file (give a path such as studies/smoke.yaml)")],
                         file) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise SpecError([Issue("", f"cannot read the study file: {e}")], file) from None
+    if len(raw) > MAX_STUDY_BYTES:
+        raise SpecError([Issue("", f"the file is larger than {MAX_STUDY_BYTES:,} bytes "
+                                   "(MAX_STUDY_BYTES); a study file is a short YAML document")],
+                        file)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise SpecError([Issue("", f"not UTF-8 text: byte 0x{raw[e.start]:02x} at column {column} "
+                                   "cannot be decoded; save the file as UTF-8", line=line)],
+                        file) from None
     return parse_study(text, file, overrides, flags)
 
 
-__all__ = ["AshaSpec", "DISTRIBUTIONS", "Distribution", "FifoSpec", "GRID_ROOTS", "GridPoint",
-           "Resources", "SEARCH_ROOTS", "SchedulerSpec", "SearchSpec", "Source", "Study",
+__all__ = ["AshaSpec", "DISTRIBUTIONS", "MAX_LIST_ITEMS", "MAX_STUDY_BYTES", "MAX_STUDY_TRIALS",
+           "MAX_YAML_ALIASES", "MAX_YAML_NODES", "check_study_size", "Distribution", "FifoSpec", "GRID_ROOTS", "GridPoint",
+           "Published", "Resources", "SEARCH_ROOTS", "SchedulerSpec", "SearchSpec", "Source", "Study",
            "TrialSections", "cell_ids", "cell_label", "check_distribution", "expand_grid",
            "get_path", "join_path", "load_study", "method_kind", "parse_override", "parse_study",
            "representative_values", "resolve_path", "searched", "set_path", "split_path",

@@ -17,6 +17,7 @@ import re
 import subprocess
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -29,6 +30,7 @@ from mlflow.utils.validation import (MAX_ENTITY_KEY_LENGTH, MAX_METRICS_PER_BATC
 from ray.tune import Callback
 
 from platform.paths import REPO_ROOT, sqlite_path
+from platform.retry import Retrying
 from platform.searcher import study_name
 from trainables.contract import (DISPLAY_DIGITS, EXPERIMENT_KIND_TRAINING, GRID_PARAM_PREFIX, HEADLINE_METRICS,
                                  SPEC_ARTIFACT_DIR, SPEC_FILE, STAGE1_CELL, SUMMARY_ARTIFACT_DIR,
@@ -39,6 +41,7 @@ from trainables.selection import finite
 LEVEL, CELL, TRIAL_ID, STUDY_RUN = Tag.LEVEL, Tag.CELL, Tag.TRIAL_ID, Tag.STUDY_RUN
 SPEC_HASH, STORAGE, GIT_COMMIT = Tag.SPEC_HASH, Tag.STORAGE, Tag.GIT_COMMIT
 PARENT, LAST_STEP = Tag.PARENT, Tag.LAST_STEP
+EXECUTION = Tag.EXECUTION
 
 # Tune's own bookkeeping in every result: not measurements of the trial.
 _TUNE_KEYS = frozenset({"timestamp", "pid", "done", "training_iteration", "time_since_restore",
@@ -188,7 +191,8 @@ class StudyTracker:
         self._cell_runs: dict[str, str] = {}
         self._trial_runs: dict[str, str] = {}
         self._steps: dict[str, tuple[int, set[str]]] = {}  # run id -> (last step, keys logged there)
-        self._client: MlflowClient | None = None
+        self._client: Any = None
+        self.execution: str | None = None  # the execution id (names its Optuna studies)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -198,8 +202,9 @@ class StudyTracker:
     @property
     def client(self) -> MlflowClient:
         """The MLflow client, opened on first use."""
-        if self._client is None:
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        if self._client is None:  # every call retried while the store is locked or unreachable
+            self._client = Retrying(MlflowClient(tracking_uri=self.tracking_uri),
+                                    f"MLflow store {self.tracking_uri}")
         return self._client
 
     # ------------------------------------------------------------------ runs
@@ -243,6 +248,8 @@ class StudyTracker:
             return self.study_run_id
         tags = {LEVEL: Level.STUDY, SPEC_HASH: spec_hash, STORAGE: self.experiment_path,
                 Tag.STUDY: self.name}
+        if getattr(self, "execution", None):
+            tags[EXECUTION] = str(self.execution)
         commit = git_commit()
         if commit:
             tags[GIT_COMMIT] = commit
@@ -292,8 +299,7 @@ class StudyTracker:
                          f"tags.`{TRIAL_ID}` = {_quote(trial_id)}") if self.resume else None
         if run is not None:
             run_id = run.info.run_id
-            last = run.data.tags.get(LAST_STEP)
-            self._steps[run_id] = (int(last), set(run.data.metrics)) if last else (-1, set())
+            self._steps[run_id] = self._logged_steps(run_id, run.data.metrics)
             self.client.update_run(run_id, status="RUNNING")
         else:
             tags = {**trial_tags(meta), LEVEL: Level.TRIAL, TRIAL_ID: trial_id, CELL: cell_id,
@@ -303,6 +309,46 @@ class StudyTracker:
             self.log_params(run_id, trial_params(config))
         self._trial_runs[trial_id] = run_id
         return run_id
+
+    def _logged_steps(self, run_id: str, keys: Iterable[str]) -> tuple[int, set[str]]:
+        """(last step, keys logged at it) read from the run's own metric history, so that logging
+        is idempotent whatever a killed driver managed to write (a tag written apart from the
+        metrics could disagree with them)."""
+        last, seen = -1, set()
+        for key in keys:
+            steps = [m.step for m in self.client.get_metric_history(run_id, key)]
+            if not steps:
+                continue
+            top = max(steps)
+            if top > last:
+                last, seen = top, {key}
+            elif top == last:
+                seen.add(key)
+        return last, seen
+
+    def reconcile(self, trial_ids: Iterable[str]) -> list[str]:
+        """Delete this study run's trial runs whose Tune trial is not among ``trial_ids`` (a run
+        created for a trial that a killed driver never recorded; Tune ran that trial again under
+        another id) and keep one run per trial (the most advanced). Returns the deleted run ids."""
+        keep = set(trial_ids)
+        runs = self.client.search_runs(
+            [self.experiment_id()], max_results=50000,
+            filter_string=f"tags.`{STUDY_RUN}` = {_quote(self.start_study())} and "
+                          f"tags.`{LEVEL}` = 'trial'")
+        by_trial: dict[str, list] = {}
+        for run in runs:
+            by_trial.setdefault(run.data.tags.get(TRIAL_ID, ""), []).append(run)
+        deleted = []
+        for trial_id, group in by_trial.items():
+            rank = {"FINISHED": 2, "FAILED": 1}
+            group.sort(key=lambda r: (rank.get(r.info.status, 0), r.info.start_time or 0), reverse=True)
+            extra = group if trial_id not in keep else group[1:]
+            for run in extra:
+                self.client.delete_run(run.info.run_id)
+                deleted.append(run.info.run_id)
+            if trial_id in keep and group:
+                self._trial_runs[trial_id] = group[0].info.run_id
+        return deleted
 
     # ------------------------------------------------------------------ logging
 
@@ -357,17 +403,51 @@ class StudyTracker:
 
 
 class MLflowStudyCallback(Callback):
-    """Ray Tune callback logging a study to MLflow as study > cell > trial runs."""
+    """Ray Tune callback logging a study to MLflow as study > cell > trial runs.
+
+    Trial-level logging runs off Tune's event loop, on one background thread that performs the
+    calls in the order Tune made them; the loop only reads what it must from the trial (config,
+    result, checkpoint path, error text) and goes on. ``flush`` waits for the queue and raises
+    the first error a logging call hit; ``get_state``, ``interrupt``, ``finish`` and the end of
+    the experiment flush first.
+    """
 
     def __init__(self, tracking_uri: str, plan: Any, experiment_path: str, *, resume: bool = False):
         self.tracker = StudyTracker(tracking_uri, plan, experiment_path, resume=resume)
         self.plan = plan
         self._open: set[str] = set()  # trial runs started and not yet finished or failed
+        self._worker: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+
+    def __getstate__(self) -> dict:
+        self.flush()
+        state = dict(self.__dict__)
+        state["_worker"], state["_pending"] = None, []  # a thread does not pickle (Tuner.restore)
+        return state
 
     @property
     def study_run_id(self) -> str | None:
         """The study run of this execution (after ``setup``)."""
         return self.tracker.study_run_id
+
+    # ------------------------------------------------------------------ the logging thread
+
+    def _submit(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` on the logging thread, after every call submitted before it."""
+        if getattr(self, "_worker", None) is None:  # None after unpickling (or an older pickle)
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ltbias-mlflow")
+        self._pending = [f for f in getattr(self, "_pending", [])
+                         if not f.done() or f.exception() is not None]
+        self._pending.append(self._worker.submit(fn, *args))
+
+    def flush(self) -> None:
+        """Wait until every submitted logging call has run; raise the first error one of them hit."""
+        pending, self._pending = getattr(self, "_pending", []), []
+        errors = [exc for f in pending if (exc := f.exception()) is not None]
+        if errors:
+            raise errors[0]
+
+    # ------------------------------------------------------------------ Tune hooks
 
     def setup(self, stop: Any = None, num_samples: int | None = None,
               total_num_samples: int | None = None, **info: Any) -> None:
@@ -376,17 +456,43 @@ class MLflowStudyCallback(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Create or reopen the trial's run (a retried trial keeps its run)."""
-        self._open.add(self.tracker.trial_run(trial.trial_id, trial.config))
+        self._submit(self._start, trial.trial_id, trial.config)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         """Log the report's metrics at step = epoch."""
-        self.tracker.log_result(self.tracker.trial_run(trial.trial_id, trial.config), result)
+        self._submit(self._result, trial.trial_id, trial.config, dict(result))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Log the final checkpoint's ``artifacts/`` and mark the run FINISHED."""
-        run_id = self.tracker.trial_run(trial.trial_id, trial.config)
-        checkpoint = trial.checkpoint
+        self._submit(self._complete, trial.trial_id, trial.config, trial.checkpoint)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Mark the run FAILED with the error's first line (after Tune's retries are used up)."""
+        self._submit(self._error, trial.trial_id, trial.config, error_summary(trial))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Note a retry on the trial's run; the same run continues."""
+        self._submit(self._recover, trial.trial_id, trial.config, trial.num_failures,
+                     error_summary(trial))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Let every queued logging call finish before Tune returns; stop the logging thread."""
+        self.flush()
+        if getattr(self, "_worker", None) is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
+
+    # ------------------------------------------------------------------ on the logging thread
+
+    def _start(self, trial_id: str, config: dict) -> None:
+        self._open.add(self.tracker.trial_run(trial_id, config))
+
+    def _result(self, trial_id: str, config: dict, result: dict) -> None:
+        self.tracker.log_result(self.tracker.trial_run(trial_id, config), result)
+
+    def _complete(self, trial_id: str, config: dict, checkpoint: Any) -> None:
+        run_id = self.tracker.trial_run(trial_id, config)
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 artifacts = Path(folder, TRIAL_ARTIFACT_DIR)
@@ -395,21 +501,22 @@ class MLflowStudyCallback(Callback):
         self.tracker.end(run_id, "FINISHED")
         self._open.discard(run_id)
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """Mark the run FAILED with the error's first line (after Tune's retries are used up)."""
-        run_id = self.tracker.trial_run(trial.trial_id, trial.config)
-        self.tracker.client.set_tag(run_id, Tag.ERROR, _tag_value(error_summary(trial)))
+    def _error(self, trial_id: str, config: dict, summary: str) -> None:
+        run_id = self.tracker.trial_run(trial_id, config)
+        self.tracker.client.log_batch(run_id, tags=[RunTag(Tag.ERROR, _tag_value(summary))],
+                                      synchronous=True)
         self.tracker.end(run_id, "FAILED")
         self._open.discard(run_id)
 
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """Note a retry on the trial's run; the same run continues."""
-        run_id = self.tracker.trial_run(trial.trial_id, trial.config)
-        self.tracker.client.set_tag(run_id, Tag.RETRIES, str(trial.num_failures))
-        self.tracker.client.set_tag(run_id, Tag.LAST_ERROR, _tag_value(error_summary(trial)))
+    def _recover(self, trial_id: str, config: dict, failures: int, summary: str) -> None:
+        run_id = self.tracker.trial_run(trial_id, config)
+        self.tracker.client.log_batch(run_id, tags=[RunTag(Tag.RETRIES, str(failures)),
+                                                    RunTag(Tag.LAST_ERROR, _tag_value(summary))],
+                                      synchronous=True)
 
     def interrupt(self) -> None:
         """Mark the study, its cells and unfinished trials KILLED (``--resume`` reopens them)."""
+        self.flush()
         for run_id in sorted(self._open):
             self.tracker.end(run_id, "KILLED")
         self._open.clear()
@@ -419,6 +526,7 @@ class MLflowStudyCallback(Callback):
 
     def finish(self, rows: list[dict], failed_trials: int, status: str = "FINISHED") -> None:
         """Log each cell's selected configuration to its run and close the cell and study runs."""
+        self.flush()
         metrics_of = headline_metrics(self.plan.metric)
         for row in rows:
             run_id = self.tracker.cell_run(str(row["cell"]))
@@ -433,8 +541,15 @@ class MLflowStudyCallback(Callback):
                 selected = [self.tracker._trial_runs[t] for t in trial_ids if t in self.tracker._trial_runs]
                 if selected:
                     self.tracker.client.set_tag(run_id, Tag.SELECTED_RUN, _tag_value(",".join(selected)))
-        for run_id in self.tracker._cell_runs.values():
-            self.tracker.end(run_id, status)
+        # A cell whose every trial failed is FAILED, with the first trial's reason.
+        failed_cells = {str(r["cell"]): r.get("error") or "every trial failed" for r in rows
+                        if r.get("n_trials") and r.get("n_failed") == r.get("n_trials")}
+        for cell_id, run_id in self.tracker._cell_runs.items():
+            if cell_id in failed_cells and status == "FINISHED":
+                self.tracker.client.set_tag(run_id, Tag.ERROR, _tag_value(failed_cells[cell_id]))
+                self.tracker.end(run_id, "FAILED")
+            else:
+                self.tracker.end(run_id, status)
         study_run = self.tracker.start_study()
         self.tracker.log_summary(study_run, {"failed_trials": failed_trials,
                                              "cells_done": len(rows)}, {})
@@ -444,6 +559,7 @@ class MLflowStudyCallback(Callback):
 
     def get_state(self) -> dict | None:
         """Run ids known so far (a resumed driver would find them by tag anyway)."""
+        self.flush()
         return {"study_run_id": self.tracker.study_run_id,
                 "cell_runs": dict(self.tracker._cell_runs),
                 "trial_runs": dict(self.tracker._trial_runs)}

@@ -10,6 +10,7 @@ import open_clip  # noqa: E402
 import pytest  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from trainables.backbones import build_backbone  # noqa: E402
 from trainables.backbones.open_clip_backbone import text_classifier  # noqa: E402
@@ -24,7 +25,9 @@ NAMES = ["golden_retriever", "tabby cat", "sea lion"]
 def test_open_clip_vit_b16_random_weights_with_the_real_tokenizer():
     torch.manual_seed(0)
     bb = build_backbone(BackboneConfig(family="open_clip", name="ViT-B-16"), RuntimeConfig(), NAMES)
-    assert (bb.feature_dim, bb.image_size, len(bb.blocks), bb.mlp_norm) == (512, 224, 12, "ln_2")
+    # LIFT's features: width 768 before the image projection; zero-shot logits project to 512
+    assert (bb.feature_dim, bb.image_size, len(bb.blocks), bb.mlp_norm) == (768, 224, 12, "ln_2")
+    assert bb.zero_shot_projection.shape == (768, 512)
     assert bb.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     assert bb.zero_shot_weight.shape == (3, 512) and bb.zero_shot_normalize
     assert torch.allclose(bb.zero_shot_weight.norm(dim=-1), torch.ones(3), atol=1e-5)
@@ -46,7 +49,11 @@ def test_open_clip_local_checkpoint_reproduces_the_saved_model(tmp_path, suffix)
     bb = build_backbone(cfg, RuntimeConfig(), NAMES, prompt_templates=["a photo of a {}.", "art of a {}."])
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(bb.encoder(x), model.encode_image(x))
+        torch.testing.assert_close(bb.encoder(x) @ bb.zero_shot_projection, model.encode_image(x))
+        z = model.logit_scale.exp() * F.normalize(model.encode_image(x), dim=-1) @ F.normalize(
+            model.encode_text(open_clip.get_tokenizer("ViT-B-16")([f"a photo of a {n}." for n in ["x", "y"]])), dim=-1).T
+        bb2 = build_backbone(cfg, RuntimeConfig(), ["x", "y"])
+        torch.testing.assert_close(bb2.zero_shot_logits(bb2.encoder(x)), z)  # CLIP's zero-shot logits
         expected = text_classifier(model, open_clip.get_tokenizer("ViT-B-16"), NAMES,
                                    ["a photo of a {}.", "art of a {}."])
     torch.testing.assert_close(bb.zero_shot_weight, expected)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from trainables.methods import backdoor as bd
+from trainables.methods import weighting as W
 
 
 def _strata(m: int, n: int = 300, c: int = 7, seed: int = 0):
@@ -46,11 +47,19 @@ def _softmax(z):
     return e / e.sum(1, keepdims=True)
 
 
+def _inp(strata, labels, space="logit", shrinkage=0.5, weights=None):
+    return W.WeightingInput(list(strata), np.asarray(labels), space, weights, list(range(len(strata))), shrinkage)
+
+
+def _fit(strata, labels, space):
+    return W.get_weighting("fitted").fn(_inp(strata, labels, space))
+
+
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("space", ["logit", "logprob", "prob"])
 def test_fitted_weights_never_do_worse_on_validation_than_uniform(seed, space):
     strata, labels = _strata(4, seed=seed)
-    fitted = bd.fit_weights(strata, labels, space)
+    fitted = _fit(strata, labels, space)
     assert fitted.shape == (4,) and np.isclose(fitted.sum(), 1) and (fitted >= 0).all()
     acc_fit = bd.accuracy(bd.aggregate(strata, fitted, space), labels)
     acc_uni = bd.accuracy(bd.aggregate(strata, bd.uniform_weights(4), space), labels)
@@ -64,17 +73,60 @@ def test_fitted_weights_favour_the_informative_stratum():
     noise = rng.normal(0, 1, (n, c))
     good = rng.normal(0, 1, (n, c))
     good[np.arange(n), labels] += 3.0
-    w = bd.fit_weights([noise, good], labels, "logit")
+    w = _fit([noise, good], labels, "logit")
     assert w[1] > 0.7
 
 
-def test_bias_conditional_weights_favour_the_stratum_that_saw_a_class_rarely():
-    q_a = np.array([0.7, 0.2, 0.1])
-    q_b = np.array([0.1, 0.2, 0.7])
-    w = bd.bias_conditional_weights([q_a, q_b], temperature=1.0)
-    assert w.shape == (2, 3) and np.allclose(w.sum(0), 1)
-    assert w[1, 0] > w[0, 0] and w[0, 2] > w[1, 2] and np.isclose(w[0, 1], 0.5)
-    assert np.allclose(bd.bias_conditional_weights([q_a, q_b], temperature=0.0), 0.5)
+def test_reliability_is_invariant_to_a_constant_added_to_one_stratums_logits():
+    strata, labels = _strata(3, seed=1)
+    test, _ = _strata(3, seed=2)
+    base = W.weights_for("reliability", _inp(strata, labels, "logprob"), test)
+    shifted = [z + 5.0 * i for i, z in enumerate(strata)]
+    shifted_test = [z + 5.0 * i for i, z in enumerate(test)]
+    moved = W.weights_for("reliability", _inp(shifted, labels, "logprob"), shifted_test)
+    assert np.allclose(base.weights, moved.weights)
+    assert np.allclose(base.val_scores, moved.val_scores) and np.allclose(base.test_scores, moved.test_scores)
+    # in logit space the same shift moves class-conditional scores by a class-dependent amount,
+    # which is why the rule is refused there
+    delta = bd.aggregate(shifted, base.weights, "logit") - bd.aggregate(strata, base.weights, "logit")
+    assert not np.allclose(delta, delta[:, :1])
+    with pytest.raises(ValueError, match="aggregation"):
+        W.weights_for("reliability", _inp(strata, labels, "logit"), test)
+
+
+def test_reliability_weights_follow_per_class_f1_and_shrink_to_uniform():
+    rng = np.random.default_rng(0)
+    n, c = 600, 4
+    labels = rng.integers(0, c, n)
+    a, b = rng.normal(0, 1, (n, c)), rng.normal(0, 1, (n, c))
+    a[np.arange(n), labels] += np.where(labels < 2, 4.0, 0.0)  # a knows classes 0, 1
+    b[np.arange(n), labels] += np.where(labels >= 2, 4.0, 0.0)  # b knows classes 2, 3
+    rule = W.get_weighting("reliability").fn
+    w = rule(_inp([a, b], labels, "logprob", shrinkage=0.0))
+    assert w.shape == (2, c) and np.allclose(w.sum(0), 1)
+    assert (w[0, :2] > 0.6).all() and (w[1, 2:] > 0.6).all()
+    assert np.allclose(rule(_inp([a, b], labels, "logprob", shrinkage=1.0)), 0.5)
+
+
+def test_fitted_rules_are_cross_fitted_on_validation():
+    strata, labels = _strata(3, seed=4)
+    test, _ = _strata(3, seed=5)
+    out = W.weights_for("fitted", _inp(strata, labels, "logit"), test)
+    fold = W.stratified_folds(labels)
+    counts = [np.bincount(labels[fold == k], minlength=7) for k in range(2)]
+    assert np.abs(counts[0] - counts[1]).max() <= 1  # class-stratified halves
+    for k in range(2):  # half k is scored with the weights fitted on the other half only
+        other = fold != k
+        wk = _fit([z[other] for z in strata], labels[other], "logit")
+        assert np.allclose(out.val_scores[fold == k], bd.aggregate([z[fold == k] for z in strata], wk, "logit"))
+    assert np.allclose(out.weights, _fit(strata, labels, "logit"))  # test: fitted on all of validation
+    assert np.allclose(out.test_scores, bd.aggregate(test, out.weights, "logit"))
+
+
+def test_weighting_rules_are_one_registry():
+    assert W.WEIGHTINGS.names() == ["fitted", "reliability", "searched", "uniform"]
+    with pytest.raises(KeyError, match="did you mean 'reliability'"):
+        W.get_weighting("reliabilty")
 
 
 def test_class_conditional_weights_apply_per_class():

@@ -108,3 +108,31 @@ def test_cli_rejects_bad_input_before_importing_heavy_libraries() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "2 []", out.stdout + out.stderr
+
+
+def test_non_utf8_file_is_reported_by_line_and_column(tmp_path: Path, capsys, no_study_starts) -> None:
+    study = tmp_path / "latin1.yaml"
+    study.write_bytes(b"name: latin\ndescription: ok\nmethod: {name: ce}  # caf\xe9\n")
+    code, text = run_cli([str(study)], capsys)
+    assert code == 2 and "Traceback" not in text
+    assert f"{study}:3:" in text and "not UTF-8" in text and "0xe9" in text
+
+
+def test_an_oversized_file_is_refused_before_it_is_parsed(tmp_path: Path, capsys, no_study_starts) -> None:
+    from platform.spec import MAX_STUDY_BYTES
+    study = tmp_path / "big.yaml"
+    study.write_text("name: big\ndescription: '" + "x" * MAX_STUDY_BYTES + "'\n")
+    code, text = run_cli([str(study)], capsys)
+    assert code == 2 and "MAX_STUDY_BYTES" in text and len(text) < 2000
+
+
+def test_an_alias_bomb_gives_a_short_message(capsys, no_study_starts) -> None:
+    code, text = run_cli([str(BAD / "x_alias_bomb.yaml")], capsys)
+    assert code == 2 and len(text) < 2000, len(text)  # not the expanded structure
+
+
+def test_a_recursive_alias_is_refused(tmp_path: Path, capsys, no_study_starts) -> None:
+    study = tmp_path / "loop.yaml"
+    study.write_text("name: loop\nx: &a [1, *a]\n")
+    code, text = run_cli([str(study)], capsys)
+    assert code == 2 and "Traceback" not in text and "recursive" in text

@@ -77,3 +77,28 @@ def test_quick_ray_benchmarks_break_down_the_study_wall_time(tmp_path):
     assert 0 < overhead["sum_trial_compute_s"] < overhead["study_wall_s"] * overhead["concurrency"]
     scaling = _check(out, "concurrency_scaling")
     assert scaling["ratio"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["peer", "stage2_throughput", "scaling", "fixed_cost"])
+def test_quick_study_benchmarks_write_their_measures(tmp_path, name):
+    out = tmp_path / "results"
+    assert main(["--quick", "--out", str(out), "--workdir", str(tmp_path / "work"), "--only", name]) == 0
+    data = _check(out, name)
+    details = data["details"]
+    assert data["ratio"] > 0 and math.isfinite(data["ratio"])
+    assert data["passed_goal"] == {"peer": data["ratio"] <= 0.8, "stage2_throughput": data["ratio"] >= 0.8,
+                                   "scaling": data["ratio"] <= 1.1, "fixed_cost": data["ratio"] <= 1.0}[name]
+    assert data["machine"]["load_average_before"] is not None
+    if name == "peer":
+        assert details["trials"]["stage1"]["ours"] == details["trials"]["stage1"]["peer"]
+    elif name == "stage2_throughput":
+        assert details["failed"] == 0 and details["stage2_trials"] == 6
+        assert sum(details["trials_per_worker_pid"]) == details["all_trials"]
+    elif name == "scaling":
+        runs = details["runs"]
+        assert [r["trials"] for r in runs.values()] == [12, 24]
+        assert all(r["tune_experiment_state_mb"] > 0 and r["mlflow_db_mb"] > 0 for r in runs.values())
+    else:
+        assert all(v > 0 for v in details["fixed_seconds_median"].values())
+    assert f"`{name}`" in (out / "SUMMARY.md").read_text(encoding="utf-8")

@@ -90,6 +90,7 @@ def test_dry_run_prints_cells_trials_stages_and_resources_without_ray_or_mlflow(
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "c00   train       6" in out and "c01   train       6" in out  # 3 samples x 2 seeds
+    assert "2 replicate(s) = 1 world x 1 pre-training x 2 fine-tuning seed(s)" in out
     assert "method.name=ce" in out and "method.name=la" in out
     assert "3 x finetune.lr" in out
     assert "stage 1 prerequisites 0" in out and "total trials: 12" in out
@@ -120,10 +121,15 @@ def _fake_engine(monkeypatch, failed: int) -> list:
         calls.append((plan, args))
         rows = [{"cell": c.id, "label": c.label, "best_config": {"finetune.lr": 0.0123},
                  "metric": 0.5 + i / 10, "test/acc": 0.61, "test/d_many": 0.9, "test/d_medium": 0.6,
-                 "test/d_few": float("nan"), "test/p_many": 0.7, "test/p_medium": 0.6}
+                 "test/d_few": float("nan"), "test/p_many": 0.7, "test/p_medium": 0.6,
+                 "test/acc_std": 0.025, "n_seeds": 3}
                 for i, c in enumerate(plan.cells)]
+        rows[0].update({"gain/test/acc": 0.03, "gain/test/acc_std": 0.01, "gain/test/acc_lo": 0.005,
+                        "gain/test/acc_hi": 0.055, "baseline/best_single/acc": 0.58})
+        prior = [{"backbone": "m0 ir10 prior0", "n": 3, "prior/spearman": 0.8, "prior/spearman_std": 0.05,
+                  "prior/tv": 0.1, "prior/tv_std": 0.02}]
         return StudyOutcome(rows=rows, failed_trials=failed, total_trials=plan.total_trials,
-                            study_run_id="abc123", tracking_uri=plan.tracking_uri)
+                            study_run_id="abc123", tracking_uri=plan.tracking_uri, prior_rows=prior)
 
     module = types.ModuleType("platform.execute")
     module.run_study = run_study
@@ -139,13 +145,17 @@ def test_run_prints_the_results_table_and_the_mlflow_ui_commands(monkeypatch, ca
     plan, args = calls[0]
     assert args.address == "auto" and args.resume and not args.dry_run
     assert [c.id for c in plan.cells] == ["c00", "c01"]
-    header = [line for line in out.splitlines() if line.startswith("cell ")][-1]  # after the plan
+    header = [line for line in out.splitlines() if line.startswith("cell ") and "best configuration" in line][-1]
     for column in ("best configuration", "val/acc", "test/acc", "d_many", "d_medium", "d_few",
                    "p_many", "p_medium", "p_few"):
         assert column in header
     row = [line for line in out.splitlines() if line.startswith("c01 ")][-1]
-    assert "finetune.lr=0.0123" in row and "0.6000" in row and "nan" in row
+    assert "finetune.lr=0.0123" in row and "60.0" in row and "nan" in row  # percent
+    assert "61.0 ± 2.5" in row  # mean ± sample s.d. of the replicates
     assert row.rstrip().endswith("-")  # p_few was not reported
+    ens = [line for line in out.splitlines() if line.startswith("c00 ")][-1]
+    assert "+3.0 ± 1.0 [+0.5, +5.5]" in ens and "58.0" in ens  # gain over the best single model
+    assert "m0 ir10 prior0" in out and "0.8000 ± 0.0500" in out  # q_hat error per backbone
     assert "python -m platform.ui" in out
     assert f"mlflow ui --backend-store-uri {plan.tracking_uri} --workers 1 --host 127.0.0.1" in out
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from trainables.config import DatasetConfig, RuntimeConfig
 from trainables.data import build_splits
-from trainables.data.longtail import d_groups, longtail_counts, longtail_indices
+from trainables.data.longtail import d_groups, longtail_counts, longtail_indices, validation_counts
 
 RUNTIME = RuntimeConfig()
 
@@ -44,6 +44,26 @@ def test_longtail_indices_error_names_the_class_without_enough_images():
     labels = np.array([0] * 10 + [1] * 3)
     with pytest.raises(ValueError, match="class 1 has 3 images"):
         longtail_indices(labels, np.array([5, 2]), seed=0, val_per_class=2)
+
+
+@pytest.mark.parametrize("ir,total,class1_val", [(100, 10847, 20), (50, 12608, 20), (10, 19573, 12)])
+def test_cifar100_lt_train_is_the_benchmark_and_val_comes_from_unused_images(ir, total, class1_val):
+    labels = np.repeat(np.arange(100), 500)  # CIFAR-100's training labels: 500 per class
+    counts = longtail_counts(500, 100, ir)
+    val_n = validation_counts(counts, np.full(100, 500), 20)
+    train, val = longtail_indices(labels, counts, seed=0, val_per_class=val_n)
+    assert len(train) == total and np.bincount(labels[train], minlength=100).tolist() == counts.tolist()
+    assert not set(train) & set(val)
+    # the head class uses all 500 images: no validation image; every other class gets up to 20
+    assert val_n[0] == 0 and val_n[1] == class1_val and (val_n[2:] == 20).all()
+    assert np.bincount(labels[val], minlength=100).tolist() == val_n.tolist()
+
+
+def test_val_per_class_zero_gives_an_empty_validation_split():
+    labels = np.repeat(np.arange(3), 20)
+    train, val = longtail_indices(labels, np.array([20, 5, 2]), seed=0, val_per_class=0)
+    assert len(train) == 27 and len(val) == 0
+    assert DatasetConfig(val_per_class=0).val_per_class == 0
 
 
 def test_longtail_indices_are_seeded_and_disjoint():
@@ -122,17 +142,21 @@ def test_cifar10_lt_train_counts_follow_the_profile(cifar10_root, ir, profile):
         expected = np.array([int(300 * (1 / ir) ** (k / 9)) for k in i])
     else:
         expected = np.where(i < 5, 300, int(300 / ir))
-    expected = np.minimum(expected, 300 - 10)  # head classes give 10 images each to validation
+    # the benchmark's counts exactly: validation only takes images the long-tailed split left unused
     assert np.bincount(splits.train.labels, minlength=10).tolist() == expected.tolist()
     assert splits.train_counts.tolist() == expected.tolist()
     assert splits.group_rule == "train_counts" and np.array_equal(splits.group_counts, expected)
     assert splits.class_names == [f"c{k}" for k in range(10)]
 
 
-def test_cifar_val_is_balanced_and_disjoint_from_train_and_test(cifar10_root):
+def test_cifar_val_uses_only_unused_training_images_and_is_disjoint(cifar10_root):
     splits = build_splits(DatasetConfig(name="cifar10_lt", root=str(cifar10_root), imbalance_ratio=10,
                                         val_per_class=7), RUNTIME)
-    assert np.bincount(splits.val.labels).tolist() == [7] * 10
+    counts = longtail_counts(300, 10, 10)
+    # class 0 uses all 300 images (no validation image); class 1 uses 232, the rest have >= 7 spare
+    assert counts[0] == 300 and splits.train_counts.tolist() == counts.tolist()
+    assert np.bincount(splits.val.labels, minlength=10).tolist() == [0] + [7] * 9
+    assert splits.meta["short_validation"] == {0: 0}
     train, val, test = _rows(splits.train), _rows(splits.val), _rows(splits.test)
     assert len(train) == len(splits.train) and len(val) == len(splits.val)
     assert not train & val and not val & test and not train & test
@@ -157,9 +181,9 @@ def test_cifar_images_are_uint8_chw_with_the_pickled_pixels(cifar10_root):
 def test_cifar_limit_per_class_caps_val_and_test_only(cifar10_root):
     splits = build_splits(DatasetConfig(name="cifar10_lt", root=str(cifar10_root), imbalance_ratio=10,
                                         limit_per_class=3), RUNTIME)
-    assert np.bincount(splits.val.labels).tolist() == [3] * 10
+    assert np.bincount(splits.val.labels, minlength=10).tolist() == [0] + [3] * 9
     assert np.bincount(splits.test.labels).tolist() == [3] * 10
-    assert splits.train_counts[0] == 280
+    assert splits.train_counts[0] == 300
 
 
 def test_group_reference_ir_fixes_d_groups_from_that_ratio(cifar10_root):
@@ -174,7 +198,7 @@ def test_cifar100_reads_fine_labels_and_names(tmp_path):
     splits = build_splits(DatasetConfig(name="cifar100_lt", root=str(write_cifar100(tmp_path)),
                                         imbalance_ratio=5, val_per_class=5), RUNTIME)
     assert len(splits.class_names) == 100 and splits.class_names[7] == "f7"
-    assert splits.train_counts[0] == 25 and splits.train_counts[-1] == 6  # int(30 / 5) = 6
+    assert splits.train_counts[0] == 30 and splits.train_counts[-1] == 6  # int(30 / 5) = 6
     assert len(splits.test) == 500
 
 
@@ -300,7 +324,8 @@ def test_benchmark_default_split_file_names(txt_root):
     for split in ("train", "val", "test"):
         (txt_root / f"{split}.txt").rename(txt_root / f"ImageNet_LT_{split}.txt")
     splits = build_splits(DatasetConfig(name="imagenet_lt", root=str(txt_root), limit_per_class=1), RUNTIME)
-    assert splits.train_counts.tolist() == [3, 2, 1] and len(splits.val) == 3
+    # the shipped 1000 ImageNet-LT names: classes 3..999 have no image in these files
+    assert splits.train_counts.tolist() == [3, 2, 1] + [0] * 997 and len(splits.val) == 3
     assert splits.meta["split_files"]["test"].endswith("ImageNet_LT_test.txt")
 
 

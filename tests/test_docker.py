@@ -244,3 +244,64 @@ def _pyproject() -> dict:
     import tomllib
 
     return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+# --------------------------------------------------------------------------- security
+
+def _env_values(compose: dict) -> list[tuple[str, str, str]]:
+    out = []
+    for name, service in compose["services"].items():
+        env = service.get("environment") or {}
+        items = env.items() if isinstance(env, dict) else (e.split("=", 1) for e in env)
+        out += [(name, k, str(v)) for k, v in items]
+    return out
+
+
+def test_compose_ray_uses_token_auth_with_the_token_from_the_environment(compose: dict) -> None:
+    for name in ("ray-head", "ray-worker", "study"):
+        env = compose["services"][name]["environment"]
+        assert env["RAY_AUTH_MODE"] == "token", name
+        assert re.fullmatch(r"\$\{RAY_AUTH_TOKEN:\?[^}]+\}", env["RAY_AUTH_TOKEN"]), env["RAY_AUTH_TOKEN"]
+    text = (DOCKER / "compose.yaml").read_text()
+    assert "RAY_AUTH_MODE: disabled" not in text
+
+
+def test_compose_secrets_have_no_defaults_and_stay_off_command_lines(compose: dict) -> None:
+    secrets = [(s, k, v) for s, k, v in _env_values(compose) if re.search(r"PASSWORD|TOKEN", k)]
+    assert secrets
+    for service, key, value in secrets:  # ${VAR:?message}: compose stops when VAR is unset
+        assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", value), (service, key, value)
+    for name, service in compose["services"].items():
+        command = service.get("command") or ""
+        command = " ".join(command) if isinstance(command, list) else command
+        assert "PASSWORD" not in command and "TOKEN" not in command, name
+        assert not re.search(r"://[^/@\s:]+:[^/@\s]+@", command), f"{name}: a password in a URI"
+
+
+def test_compose_publishes_nothing_that_runs_code(compose: dict) -> None:
+    published = {str(p).rsplit(":", 1)[-1] for s in compose["services"].values() for p in s.get("ports", [])}
+    assert published == {"5000"}, published  # the MLflow UI only: no dashboard/Jobs API, no Ray client
+    head = compose["services"]["ray-head"]["command"]
+    assert "--dashboard-host=127.0.0.1" in head and "--ray-client-server-port" not in head
+
+
+def test_compose_mlflow_server_requires_authentication(compose: dict) -> None:
+    mlflow = compose["services"]["mlflow"]
+    assert "--app-name=basic-auth" in mlflow["command"]
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" in mlflow["environment"]
+    study_env = compose["services"]["study"]["environment"]
+    assert study_env["MLFLOW_TRACKING_USERNAME"] and "MLFLOW_TRACKING_PASSWORD" in study_env
+
+
+def test_images_run_without_sudo_and_ray_requires_a_token() -> None:
+    text = (DOCKER / "Dockerfile").read_text()
+    assert "sudo" not in [w for _, args in dockerfile_instructions(text) for w in args.split()]
+    assert "RAY_AUTH_MODE=token" in text and "RAY_AUTH_MODE=disabled" not in text
+
+
+def test_cluster_file_starts_ray_with_token_auth(cluster: dict) -> None:
+    starts = cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"]
+    for command in (c for c in starts if "ray start" in c):
+        assert "RAY_AUTH_MODE=token" in command and "RAY_AUTH_TOKEN_PATH=" in command, command
+    token = [remote for remote in cluster["file_mounts"] if remote.endswith("auth_token")]
+    assert token, "the token file is copied to every node"

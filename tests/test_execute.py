@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
@@ -19,11 +20,12 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from platform.execute import CellASHAScheduler, run_study, select_rows
-from platform.paths import REPO_ROOT
+from platform.execute import CellASHAScheduler, read_execution, run_study, select_rows
+from platform.errors import EnvironmentFailure
+from platform.paths import REPO_ROOT, open_optuna_storage
 from platform.plan import make_plan
 from platform.progress import ProgressCallback
-from platform.searcher import META_KEY
+from platform.searcher import META_KEY, optuna_study_name
 from platform.spec import load_study
 
 EPOCHS = 3
@@ -67,6 +69,13 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
+
+
+def _optuna_study(plan, cell_id: str) -> optuna.Study:
+    """The cell's Optuna study of the plan's (latest) execution."""
+    execution = read_execution(Path(plan.storage) / plan.study.name)
+    return optuna.load_study(study_name=optuna_study_name(plan.study.name, cell_id, execution),
+                             storage=open_optuna_storage(plan.optuna_storage))
 
 
 def _runs_by_level(plan) -> dict[str, list]:
@@ -125,8 +134,7 @@ def test_interrupted_study_resumes_without_duplicate_runs_or_optuna_trials(tmp_p
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
         assert steps == list(range(1, EPOCHS + 1))
     for cell in plan.cells:
-        study = optuna.load_study(study_name=f"{plan.study.name}/{cell.id}",
-                                  storage=plan.optuna_storage)
+        study = _optuna_study(plan, cell.id)
         assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
 
 
@@ -160,8 +168,7 @@ def test_two_cells_of_three_optuna_trials_run_into_mlflow_and_optuna(local_ray, 
             "per_class.parquet", "logits.parquet"}
 
     for cell in plan.cells:
-        study = optuna.load_study(study_name=f"{plan.study.name}/{cell.id}",
-                                  storage=plan.optuna_storage)
+        study = _optuna_study(plan, cell.id)
         complete = study.get_trials(states=(TrialState.COMPLETE,))
         assert len(complete) == 3 and len(study.trials) == 3
         # Optuna was told what the trials measured: the final val/acc logged to MLflow
@@ -172,8 +179,7 @@ def test_two_cells_of_three_optuna_trials_run_into_mlflow_and_optuna(local_ray, 
     rows = {r["cell"]: r for r in outcome.rows}
     for cell in plan.cells:
         row = rows[cell.id]
-        best = max(t.value for t in optuna.load_study(
-            study_name=f"{plan.study.name}/{cell.id}", storage=plan.optuna_storage).trials)
+        best = max(t.value for t in _optuna_study(plan, cell.id).trials)
         assert row["metric"] == pytest.approx(best) and row["val/acc"] == pytest.approx(best)
         assert set(row["best_config"]) == {"finetune.lr"} and "test/acc" in row
         assert cells[cell.id].data.tags["ltbias.cell"] == cell.id
@@ -187,8 +193,7 @@ def test_two_cells_of_three_optuna_trials_run_into_mlflow_and_optuna(local_ray, 
     assert again.study_run_id == outcome.study_run_id
     assert {r["cell"]: r["metric"] for r in again.rows} == {r["cell"]: r["metric"] for r in outcome.rows}
     for cell in plan.cells:
-        study = optuna.load_study(study_name=f"{plan.study.name}/{cell.id}",
-                                  storage=plan.optuna_storage)
+        study = _optuna_study(plan, cell.id)
         assert len(study.trials) == 3
 
     with pytest.raises(ValueError, match="--resume"):  # a second fresh run would mix the two
@@ -199,7 +204,7 @@ def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
     plan = _plan(tmp_path)
     plan.tracking_uri = "http://127.0.0.1:9"
     was_running = ray.is_initialized()
-    with pytest.raises(ValueError, match="127.0.0.1:9"):
+    with pytest.raises(EnvironmentFailure, match="127.0.0.1:9"):
         run_study(plan, _args())
     assert ray.is_initialized() == was_running  # failed before attaching to Ray
     assert not (tmp_path / "storage" / plan.study.name).exists()
@@ -313,5 +318,20 @@ def test_crashing_trial_is_retried_in_its_run_or_marked_failed(local_ray, tmp_pa
         assert steps == [1]
         row = outcome.rows[0]
         assert not row["selected"] and row["n_failed"] == 1
-        study = optuna.load_study(study_name=f"{plan.study.name}/c00", storage=plan.optuna_storage)
+        study = _optuna_study(plan, "c00")
         assert [t.state for t in study.trials] == [TrialState.FAIL]
+
+
+def test_prior_rows_summarise_q_hat_error_per_backbone_once_per_model():
+    from platform.execute import prior_rows
+
+    def rec(seed, method, rho, status="TERMINATED"):
+        cfg = {"backbone": {"label": "m0", "pretrain": {"imbalance_ratio": 10, "seed": seed, "prior_seed": 0}},
+               "dataset": {"world": {"seed": 0}}, "method": {"name": method}}
+        return {"status": status, "config": cfg, "result": {"prior/spearman": rho, "prior/tv": 0.1}}
+
+    rows = prior_rows([rec(0, "ce", 0.9), rec(0, "la", 0.9), rec(1000, "la", 0.7), rec(2000, "la", 0.8),
+                       rec(3000, "la", 0.1, status="ERROR")])
+    assert len(rows) == 1 and rows[0]["backbone"] == "m0 ir10 prior0" and rows[0]["n"] == 3
+    assert rows[0]["prior/spearman"] == pytest.approx(0.8)
+    assert rows[0]["prior/spearman_std"] == pytest.approx(0.1)

@@ -23,8 +23,8 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _loss(name: str, logits: torch.Tensor, labels: torch.Tensor, epoch: int = 0, epochs: int = 10,
-          **cfg) -> float:
-    fn = get_method(name).make_loss(MethodConfig(name=name, **cfg), COUNTS, epochs, Q_HAT)
+          logit_scale: float = 1.0, **cfg) -> float:
+    fn = get_method(name).make_loss(MethodConfig(name=name, **cfg), COUNTS, epochs, Q_HAT, logit_scale)
     return float(fn(logits, labels, epoch))
 
 
@@ -50,7 +50,8 @@ def test_registry_holds_every_method_with_its_kind():
     for name in train:
         assert get_method(name).kind == "train"
     assert get_method("posthoc_la").kind == "posthoc" and get_method("gla").kind == "posthoc"
-    assert {m for m in METHODS.names() if get_method(m).needs_prior} == {"gla", "gla_train"}
+    assert {m for m in METHODS.names() if get_method(m).needs_prior} == {"gla", "gla_train", "posthoc_prior"}
+    assert {m for m in METHODS.names() if get_method(m).needs_zeroshot} == {"gla"}
     assert [m for m in METHODS.names() if get_method(m).two_phase] == ["crt"]
     assert all(get_method(m).doc for m in train)
 
@@ -95,7 +96,7 @@ def test_gla_train_adds_both_priors(batch):
 
 def test_ldam_margins_largest_for_the_rarest_class_and_drw_switches_on(batch):
     z, y = batch
-    cfg = dict(ldam_max_margin=0.5, ldam_scale=30.0, beta=0.999, drw_epoch_frac=0.8)
+    cfg = dict(ldam_max_margin=0.5, beta=0.999, drw_epoch_frac=0.8, logit_scale=30.0)
     m = (1 / COUNTS ** 0.25)
     m = m * 0.5 / m.max()
     assert m.argmax() == C - 1 and m.max() == pytest.approx(0.5)
@@ -123,9 +124,17 @@ def test_posthoc_la_and_gla_formulas_for_numpy_and_torch(batch):
     cfg = MethodConfig(name="posthoc_la", tau=0.8)
     out = get_method("posthoc_la").adjust(zn, cfg, COUNTS, None)
     assert isinstance(out, np.ndarray) and np.allclose(out, zn - 0.8 * _log_ps(), atol=1e-5)
-    out_t = get_method("gla").adjust(z, MethodConfig(name="gla", tau=0.8), COUNTS, Q_HAT)
+    out_t = get_method("posthoc_prior").adjust(z, MethodConfig(name="posthoc_prior", tau=0.8), COUNTS, Q_HAT)
     assert isinstance(out_t, torch.Tensor) and out_t.dtype == z.dtype
     assert np.allclose(out_t.numpy(), zn - 0.8 * _log_ps() - np.log(Q_HAT), atol=1e-5)
+    zs = np.random.default_rng(1).normal(size=zn.shape)
+    out_g = get_method("gla").adjust(zn, MethodConfig(name="gla", tau=0.8), COUNTS, Q_HAT, zs)
+    assert np.allclose(out_g, zn + zs - np.log(Q_HAT) - 0.8 * _log_ps(), atol=1e-5)
+
+
+def test_gla_without_zero_shot_logits_points_to_posthoc_la(batch):
+    with pytest.raises(ValueError, match="zero-shot logits of the same examples.*use posthoc_la"):
+        get_method("gla").adjust(batch[0], MethodConfig(name="gla"), COUNTS, Q_HAT)
 
 
 def test_posthoc_la_with_tau_one_turns_prior_shifted_logits_back():

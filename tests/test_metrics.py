@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.metrics import compute_metrics, confusion_matrix, dp_grid, p_groups, per_class_accuracy
+from trainables.metrics import (compute_metrics, confusion_matrix, dp_grid, p_groups, per_class_accuracy,
+                                prior_error)
 
 GROUPS = ("many", "medium", "few")
 
@@ -31,6 +32,7 @@ def test_metric_names_are_exactly_the_architecture_list():
     expected = {f"test/{k}" for k in ("acc", "bal_acc", "macro_f1", "worst_class_acc")}
     expected |= {f"test/d_{g}" for g in GROUPS} | {f"test/p_{g}" for g in GROUPS}
     expected |= {f"test/dp_{d}_{p}" for d in GROUPS for p in GROUPS}
+    expected |= {f"test/p_true_{g}" for g in GROUPS}
     assert set(m) == expected and all(isinstance(v, float) for v in m.values())
 
 
@@ -103,3 +105,15 @@ def test_dp_grid_matches_the_dp_metrics():
 def test_group_count_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="group_counts has 2 classes but logits have 3"):
         compute_metrics(_onehot_logits(PREDS, 3), LABELS, np.array([1, 2]))
+
+
+def test_p_true_groups_use_the_true_prior_and_prior_error_measures_q_hat():
+    logits = _onehot_logits(PREDS, 3)
+    q_hat, truth = np.array([0.5, 0.3, 0.2]), np.array([0.2, 0.3, 0.5])
+    m = compute_metrics(logits, LABELS, COUNTS, q_hat=q_hat, split="test", true_prior=truth)
+    assert m["test/p_true_many"] == m["test/p_few"] and m["test/p_true_few"] == m["test/p_many"]
+    assert np.isnan(compute_metrics(logits, LABELS, COUNTS, q_hat=q_hat, split="test")["test/p_true_few"])
+    err = prior_error(q_hat, truth)
+    assert err["prior/spearman"] == pytest.approx(-1.0) and err["prior/tv"] == pytest.approx(0.3)
+    same = prior_error(truth, truth)
+    assert same["prior/spearman"] == pytest.approx(1.0) and same["prior/tv"] == pytest.approx(0.0)

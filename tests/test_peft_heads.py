@@ -40,7 +40,8 @@ def test_adaptformer_on_clip_vit_b16_trains_only_adapters_and_head():
     head = build_head("text", bb, len(NAMES), ft)
     trainable = {n for n, p in bb.encoder.named_parameters() if p.requires_grad}
     assert trainable and all(".mlp.adapter." in n for n in trainable)
-    assert count_trainable(bb.encoder) == count_trainable(adapters) == 12 * (768 * 1 + 1 + 1 * 768 + 768)
+    # per block: own LayerNorm (2 x 768), down 768 x 1 + 1, up 1 x 768 + 768, scale 1
+    assert count_trainable(bb.encoder) == count_trainable(adapters) == 12 * (2 * 768 + 768 + 1 + 768 + 768 + 1)
     features = bb.encoder(x)
     torch.testing.assert_close(features, before)  # up-projection starts at zero
     head(features).logsumexp(-1).mean().backward()
@@ -49,12 +50,16 @@ def test_adaptformer_on_clip_vit_b16_trains_only_adapters_and_head():
     assert all(p.grad is None for n, p in bb.encoder.named_parameters() if ".mlp.adapter." not in n)
 
 
-def test_text_head_logits_equal_zero_shot_logits_up_to_the_scale():
+def test_text_head_is_lifts_text_features_mapped_into_the_image_feature_space():
     bb = _clip(model_kwargs=TINY_CLIP)
     ft = FinetuneConfig(head="text", cosine_scale=25.0)
     head = build_head("text", bb, len(NAMES), ft)
     features = bb.encoder(torch.randn(3, 3, 32, 32)).detach()
-    torch.testing.assert_close(head(features) / 25.0, bb.zero_shot_logits(features) / bb.zero_shot_scale)
+    # shijxcs/LIFT trainer.py init_head_text_feat: text_features @ image_encoder.proj.t(), normalised
+    w = torch.nn.functional.normalize(bb.zero_shot_weight @ bb.zero_shot_projection.T, dim=-1)
+    torch.testing.assert_close(head.weight.detach(), w)
+    expected = 25.0 * torch.nn.functional.normalize(features, dim=-1) @ w.T
+    torch.testing.assert_close(head(features), expected)
 
 
 def test_text_head_without_zero_shot_classifier_points_to_cosine():

@@ -69,7 +69,7 @@ def test_base_config_is_a_valid_trial_config_with_seeds_and_runtime_under_storag
     plan = plan_of(TWO_POOL + f"seeds: [3, 4]\nstorage: {tmp_path / 'runs'}\n")
     cfg = plan.cells[0].base_config
     assert TrialConfig.model_validate(cfg).model_dump(mode="json") == cfg
-    assert cfg["seed"] == 3 and cfg["seeds"] == [3, 4]
+    assert cfg["seed"] == 3 and cfg["replicates"] == [{"world": 0, "pretrain": 0, "finetune": f} for f in (3, 4)]
     assert [b["name"] for b in cfg["pool"]] == ["a", "b"] and cfg["backbone"]["name"] == "a"
     assert cfg["runtime"]["cache_dir"] == str(tmp_path / "runs" / "_cache")
     assert cfg["runtime"]["zoo_dir"] == str(tmp_path / "runs" / "_zoo")
@@ -109,6 +109,15 @@ def test_prerequisites_are_unique_across_cells_and_counted_in_total_trials():
     assert plan.total_trials == 1 + 1 + 2
 
 
+def test_seed_axes_are_a_cross_product_of_replicates():
+    plan = plan_of(TWO_POOL + "seeds: {world: [0, 1], pretrain: [0, 1, 2]}\ngrid: {method.name: [la, posthoc_la]}\n")
+    la, post = plan.cells
+    assert la.trials == 6 and post.trials == 1  # stage 1 once per replicate; stage 2 evaluates all
+    assert [(r["world"], r["pretrain"], r["finetune"]) for r in la.replicates] == [
+        (w, p, 0) for w in (0, 1) for p in (0, 1, 2)]
+    assert len(post.prerequisites) == 6
+
+
 def test_grid_algorithm_tries_every_combination():
     plan = plan_of("name: p\nsearch: {algorithm: grid, space: {method.tau: {categorical: [0.5, 1, 2]}, "
                    "finetune.lr: {categorical: [0.01, 0.1]}}}\n")
@@ -121,10 +130,10 @@ def test_plan_carries_metric_resources_hash_and_optuna_storage(tmp_path):
                    f"search: {{metric: val/bal_acc, mode: max}}\n")
     assert plan.resources == {"cpu": 0.5, "gpu": 0.25} and plan.max_concurrent == 3
     assert (plan.metric, plan.mode) == ("val/bal_acc", "max")
-    assert plan.optuna_storage == f"sqlite:///{tmp_path}/db/optuna.db"
+    assert plan.optuna_storage == f"{tmp_path}/db/optuna.journal.log"
     assert plan.spec_hash == plan.study.spec_hash() and len(plan.spec_hash) == 64
     remote = plan_of(f"name: p\ntracking_uri: http://mlflow:5000\nstorage: {tmp_path}/runs\n")
-    assert remote.optuna_storage == f"sqlite:///{tmp_path}/runs/optuna.db"
+    assert remote.optuna_storage == f"{tmp_path}/runs/optuna.journal.log"
 
 
 def test_repeated_axis_value_is_a_duplicate_cell_naming_axis_and_value():
@@ -162,3 +171,23 @@ def test_apply_params_sets_searched_values_on_a_copy():
     assert cfg["finetune"]["lr"] == 0.05 and [b["label"] for b in cfg["pool"]] == ["x", "x"]
     assert base["finetune"]["lr"] == 0.01
     assert [c.trials for c in plan.cells] == [3, 3] and plan.total_trials == 6
+
+
+def test_a_named_bundle_axis_sets_several_paths_per_label():
+    plan = plan_of(TWO_POOL + textwrap.dedent("""\
+        grid:
+          pool:
+            same prior: {backbones.0.pretrain.prior_seed: 9, backbones.1.pretrain.prior_seed: 9}
+            different priors: {backbones.0.pretrain.prior_seed: 1, backbones.1.pretrain.prior_seed: 2}
+          dataset.imbalance_ratio: [10, 100]
+        """))
+    assert [c.values for c in plan.cells] == [
+        {"pool": p, "dataset.imbalance_ratio": ir} for p in ("same prior", "different priors") for ir in (10, 100)]
+    priors = [[b["pretrain"]["prior_seed"] for b in c.base_config["pool"]] for c in plan.cells]
+    assert priors == [[9, 9], [9, 9], [1, 2], [1, 2]]
+    assert "pool=same prior" in plan.cells[0].label
+
+
+def test_a_bundle_axis_names_a_bad_path_inside_it():
+    msg = plan_error(TWO_POOL + "grid:\n  arm:\n    x: {backbones.0.pretrain.nope: 1}\n")
+    assert "nope" in msg and "not a study path" in msg

@@ -1,4 +1,4 @@
-"""CellSearcher: stage-1 first, post-hoc cells wait, seed groups, Optuna bookkeeping, restore.
+"""CellSearcher: stage-1 first, post-hoc cells never wait, seed groups, Optuna bookkeeping, restore.
 
 No Ray cluster here: the searcher is driven by hand the way Tune drives it (suggest, then
 on_trial_complete with the trial's last result).
@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from platform.paths import open_optuna_storage
 from platform.plan import apply_params
 from plans import plan_from_text
 from platform.searcher import (META_KEY, STAGE1_CELL, CellSearcher, get_path, optuna_distributions,
@@ -57,7 +58,8 @@ def _suggest_all(searcher: CellSearcher, n: int, start: int = 0) -> list[tuple[s
 
 
 def _optuna_trials(plan, cell_id: str) -> list:
-    study = optuna.load_study(study_name=f"{plan.study.name}/{cell_id}", storage=plan.optuna_storage)
+    study = optuna.load_study(study_name=f"{plan.study.name}/{cell_id}",
+                              storage=open_optuna_storage(plan.optuna_storage))
     return study.get_trials(deepcopy=False)
 
 
@@ -67,19 +69,18 @@ def test_plan_counts_match_the_searcher(plan):
     assert CellSearcher(plan).total_trials == plan.total_trials == 2 + 2 * 2 + 1
 
 
-def test_stage1_prerequisites_come_first_and_posthoc_waits_for_them(plan):
+def test_stage1_prerequisites_come_first_and_posthoc_follows_without_waiting(plan):
     s = CellSearcher(plan)
-    emitted = _suggest_all(s, 6)
+    emitted = _suggest_all(s, 7)  # never None: a slot left empty costs Tune its worker
     cells = [trial_meta(c)["cell"] for _, c in emitted]
-    assert cells == [STAGE1_CELL, STAGE1_CELL, "c00", "c00", "c00", "c00"]
-    assert s.suggest("t6") is None  # posthoc cell waits: stage 1 still running
-    s.on_trial_complete("t0", {"val/acc": 0.3})
-    assert s.suggest("t6") is None
-    s.on_trial_complete("t1", error=True)  # an errored prerequisite still ends the wait
-    posthoc = s.suggest("t6")
-    assert trial_meta(posthoc)["cell"] == "c01" and trial_meta(posthoc)["stage"] == 2
-    assert posthoc["seeds"] == [0, 1]  # one trial: the trainable averages the seeds itself
+    assert cells == [STAGE1_CELL, STAGE1_CELL, "c00", "c00", "c00", "c00", "c01"]
+    posthoc = emitted[-1][1]
+    assert trial_meta(posthoc)["stage"] == 2
+    # one trial: the trainable averages the replicates itself
+    assert [r["finetune"] for r in posthoc["replicates"]] == [0, 1] and trial_meta(posthoc)["replicate"] is None
     assert s.suggest("t7") == Searcher.FINISHED
+    s.on_trial_complete("t1", error=True)  # an errored prerequisite changes no cell's bookkeeping
+    assert s.suggest("t8") == Searcher.FINISHED
 
 
 def test_every_config_validates_as_a_trial_config_once_meta_is_stripped(plan):
@@ -94,6 +95,8 @@ def test_seed_group_shares_params_and_tells_optuna_the_mean_when_complete(plan):
     emitted = dict(_suggest_all(s, 6))
     a, b = emitted["t2"], emitted["t3"]
     assert (a["seed"], b["seed"]) == (0, 1)
+    assert (trial_meta(a)["replicate"], trial_meta(b)["replicate"]) == ("w0-p0-f0", "w0-p0-f1")
+    assert a["replicates"] == [{"world": 0, "pretrain": 0, "finetune": 0}]
     assert a["finetune"]["lr"] == b["finetune"]["lr"]
     assert trial_meta(a)["optuna_trial"] == trial_meta(b)["optuna_trial"] == 0
     s.on_trial_complete("t2", {"val/acc": 0.4})
@@ -116,33 +119,65 @@ def test_failed_member_is_left_out_and_a_group_without_values_fails(plan):
     assert second.state == TrialState.FAIL
 
 
-def test_restore_continues_without_repeating_and_fails_orphaned_optuna_trials(plan, tmp_path):
+def test_restore_continues_without_repeating_and_hands_out_orphaned_optuna_trials_again(plan, tmp_path):
     s1 = CellSearcher(plan)
     _suggest_all(s1, 3)  # two stage-1 trials, first seed of group 0
     s1.save(str(tmp_path / "searcher.pkl"))
-    _suggest_all(s1, 2, start=3)  # asks Optuna trial 1; the crash loses this bookkeeping
+    lost = _suggest_all(s1, 2, start=3)  # asks Optuna trial 1; the crash loses this bookkeeping
 
     s2 = CellSearcher(plan)
     s2.restore(str(tmp_path / "searcher.pkl"))
     rest = _suggest_all(s2, 3, start=3)
     assert [trial_meta(c)["cell"] for _, c in rest] == ["c00"] * 3
-    assert [(trial_meta(c)["optuna_trial"], c["seed"]) for _, c in rest] == [(0, 1), (2, 0), (2, 1)]
-    states = {t.number: t.state for t in _optuna_trials(plan, "c00")}
-    assert states[1] == TrialState.FAIL  # asked after the checkpoint, never run: not left RUNNING
+    # Optuna trial 1 was asked but never run: it is run now, with the parameters it was given.
+    assert [(trial_meta(c)["optuna_trial"], c["seed"]) for _, c in rest] == [(0, 1), (1, 0), (1, 1)]
+    assert rest[1][1]["finetune"]["lr"] == lost[1][1]["finetune"]["lr"]
+    assert len(_optuna_trials(plan, "c00")) == 2  # as many Optuna trials as planned, no extra
     for tid in ("t0", "t1"):
         s2.on_trial_complete(tid, {"val/acc": 0.5})
     assert trial_meta(s2.suggest("t6"))["cell"] == "c01"
     assert s2.suggest("t7") == Searcher.FINISHED
 
 
-def test_fresh_execution_discards_optuna_studies_of_an_earlier_one(plan):
-    s1 = CellSearcher(plan)
+def _lrs(searcher: CellSearcher, n: int, start: int = 0) -> list[tuple[int, float]]:
+    out = []
+    for i in range(start, start + n):
+        [(tid, config)] = _suggest_all(searcher, 1, i)  # each finishes before the next is asked
+        meta = trial_meta(config)
+        if meta["cell"] == "c00":
+            out.append((meta["optuna_trial"], config["finetune"]["lr"]))
+            searcher.on_trial_complete(tid, {"val/acc": config["finetune"]["lr"]})
+        else:
+            searcher.on_trial_complete(tid, {"val/acc": 0.5})
+    return out
+
+
+def test_a_resumed_sampler_proposes_what_an_uninterrupted_one_does(tmp_path):
+    text = STUDY.replace("num_samples: 2", "num_samples: 6").replace("seeds: [0, 1]", "seeds: [0]")
+    plan = plan_from_text(text, tmp_path)
+    clean = _lrs(CellSearcher(plan, execution="clean"), 8)  # 2 stage-1 trials, then 6 configs
+
+    first = CellSearcher(plan, execution="crashed")
+    before = _lrs(first, 4)
+    first.save(str(tmp_path / "searcher.pkl"))
+    _suggest_all(first, 1, start=4)  # asked, never run: lost with the driver
+    resumed = CellSearcher(plan, execution="crashed")
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    after = _lrs(resumed, 4, start=4)
+    assert before + after == clean
+    assert len(optuna.load_study(study_name="searcher-test/crashed/c00",
+                                 storage=open_optuna_storage(plan.optuna_storage)).trials) == 6
+
+
+def test_executions_have_their_own_optuna_studies_and_none_is_deleted(plan):
+    s1 = CellSearcher(plan, execution="first")
     _suggest_all(s1, 3)
-    assert len(_optuna_trials(plan, "c00")) == 1
-    s2 = CellSearcher(plan)
-    s2.reset_studies()
-    _suggest_all(s2, 3)
-    assert [t.number for t in _optuna_trials(plan, "c00")] == [0]
+    s2 = CellSearcher(plan, execution="second")
+    b = _suggest_all(s2, 3)
+    names = {s.study_name for s in optuna.get_all_study_summaries(open_optuna_storage(plan.optuna_storage))}
+    assert {"searcher-test/first/c00", "searcher-test/second/c00"} <= names
+    first = optuna.load_study(study_name="searcher-test/first/c00", storage=open_optuna_storage(plan.optuna_storage))
+    assert len(first.trials) == 1 and first.trials[0].params["finetune.lr"] == b[2][1]["finetune"]["lr"]
 
 
 def test_subset_becomes_a_non_empty_index_list_and_simplex_weights_sum_to_one():

@@ -180,7 +180,9 @@ def test_two_schedulers_at_once_are_refused():
 
 def test_seeds_must_be_distinct_and_non_empty():
     assert "seed 1 is listed twice" in error("name: x\nseeds: [1, 1]\n")
-    assert "seeds = []: must have at least 1 item" in error("name: x\nseeds: []\n")
+    assert "seeds = []: give at least one seed" in error("name: x\nseeds: []\n")
+    assert "seed 2 is listed twice" in error("name: x\nseeds: {pretrain: [2, 2]}\n")
+    assert "seeds.world" in error("name: x\nseeds: {world: []}\n")
 
 
 def test_unknown_dataset_and_method_are_checked_against_the_registries():
@@ -234,7 +236,9 @@ def test_json_schema_export_documents_the_study_and_the_saved_copy_is_current():
     assert schema["required"] == ["name"] and schema["additionalProperties"] is False
     for key in ("dataset", "backbones", "grid", "search", "scheduler", "resources", "seeds"):
         assert key in schema["properties"]
-    assert "logfloat" in schema["$defs"]["SearchSpec"]["properties"]["space"]["additionalProperties"]["properties"]
+    dists = schema["$defs"]["SearchSpec"]["properties"]["space"]["additionalProperties"]["oneOf"]
+    assert [set(d["properties"]) for d in dists] == [{kind, "when"} for kind in (
+        "int", "float", "logfloat", "categorical", "subset", "simplex")]  # from platform.space's models
     saved = REPO / "studies" / "study.schema.json"
     assert json.loads(saved.read_text()) == schema, "stale: run `make schema`"
 

@@ -59,3 +59,30 @@ def test_summarize_metrics_reports_sample_sd_per_key() -> None:
     assert out["val/acc"] == pytest.approx(0.6)
     assert out["val/acc_std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
     assert summarize_metrics([{"a": 1.0}]) == {"a": 1.0}
+
+
+def test_the_trainable_the_cli_rows_and_the_report_agree_on_mean_and_sd():
+    """One definition of mean and sample s.d.: the stage-2 trainable (over replicates), the CLI's
+    select_rows (over a train cell's replicate trials) and the report's Selection.stat agree."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from dashboards.summary import Selection
+    from platform.execute import select_rows
+    from trainables.methods.backdoor import mean_and_std
+
+    values = [0.61, 0.70, 0.64, 0.58]
+    per_rep = [{"val/acc": v - 0.1, "test/acc": v} for v in values]
+    trainable = mean_and_std(per_rep)
+    cell = SimpleNamespace(id="c00", label="x", kind="train", values={}, space={}, replicates=[{}] * 4)
+    plan = SimpleNamespace(metric="val/acc", mode="max", cells=[cell])
+    records = [{"trial_id": f"t{i}", "status": "TERMINATED", "result": m,
+                "config": {"ltbias": {"cell": "c00", "group": 0}}} for i, m in enumerate(per_rep)]
+    row = select_rows(plan, records)[0]
+    stat = Selection(key=(), runs=pd.DataFrame(per_rep)).stat("test/acc", scale=1.0)
+    expected = summarize(values)
+    for mean, sd in ((trainable["test/acc"], trainable["test/acc_std"]), (row["test/acc"], row["test/acc_std"]),
+                     (stat.mean, stat.std)):
+        assert mean == pytest.approx(expected.mean) and sd == pytest.approx(expected.sd)
+    assert expected.sd == pytest.approx(float(np.std(values, ddof=1)))  # the sample s.d.

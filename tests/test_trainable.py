@@ -189,10 +189,10 @@ def test_linear_probe_trains_only_the_head_on_cached_features(checkpoint, tmp_pa
 def test_posthoc_trial_reads_the_stage1_entry_and_reports_seed_mean_and_std(checkpoint, tmp_path, monkeypatch):
     T.run_trial(_config(checkpoint, tmp_path, finetune__epochs=1))  # ce, seed 3: now cached
     cfg = _config(checkpoint, tmp_path, finetune__epochs=1, method__name="posthoc_la")
-    cfg["seeds"] = [3, 4]
+    cfg["replicates"] = [{"finetune": 3}, {"finetune": 4}]
     rec = Recorder(tmp_path / "r")
     out = T.run_trial(cfg, rec)  # trains seed 4 only
-    assert len(rec.reports) == 1 and out["seeds"] == 2
+    assert len(rec.reports) == 1 and out["replicates"] == 2
     assert {"val/acc", "val/acc_std", "test/bal_acc", "test/bal_acc_std"} <= set(out)
     assert rec.reports[0][1] == ["artifacts"]
 
@@ -200,9 +200,9 @@ def test_posthoc_trial_reads_the_stage1_entry_and_reports_seed_mean_and_std(chec
         raise AssertionError("a cached stage-1 result was trained again")
 
     monkeypatch.setattr(T, "train_stage1", no_training)
-    cfg["seeds"] = [3]
+    cfg["replicates"] = [{"finetune": 3}]
     single = T.run_trial(cfg)
-    assert single["seeds"] == 1 and "val/acc_std" not in single
+    assert single["replicates"] == 1 and "val/acc_std" not in single
 
 
 def test_stage1_result_is_created_once_and_then_read_from_the_cache(checkpoint, tmp_path, monkeypatch):
@@ -236,11 +236,55 @@ def test_toy_world_trial_estimates_q_hat_on_val_and_reports_zero_shot_accuracy(t
     assert not math.isnan(out["test/p_many"])  # P-groups exist: q_hat was estimated
     entry = Stage1Cache(str(tmp_path / "cache")).get(stage1_key(TrialConfig.model_validate(cfg)))
     assert entry.q_hat.shape == (6,) and entry.q_hat.sum() == pytest.approx(1.0)
+    # GLA's inputs are cached: zero-shot logits of val and test, the temperature q_hat was fitted at
+    assert entry.zeroshot_val_logits.shape == entry.val_logits.shape
+    assert entry.zeroshot_test_logits.shape == entry.test_logits.shape
+    assert entry.zeroshot_temperature > 0
+    expected = T.estimate_prior(entry.zeroshot_val_logits / entry.zeroshot_temperature, entry.val_labels)
+    np.testing.assert_allclose(entry.q_hat, expected, rtol=1e-6)
+    # a gla trial adds the calibrated zero-shot logits to its base model's fine-tuned logits
+    out = T.run_trial({**cfg, "method": {"name": "gla", "base_method": "ce"}})
+    ce_cfg = TrialConfig.model_validate({**cfg, "method": {"name": "ce"}})
+    ce = Stage1Cache(str(tmp_path / "cache")).get(stage1_key(ce_cfg))
+    z = (ce.test_logits + ce.zeroshot_test_logits / ce.zeroshot_temperature - np.log(ce.q_hat)
+         - np.log(ce.train_counts / ce.train_counts.sum()))
+    assert out["test/acc"] == pytest.approx(float((z.argmax(1) == ce.test_labels).mean()))
 
 
 def test_backdoor_trial_reports_once_over_cached_strata(checkpoint, tmp_path):
     cfg = _config(checkpoint, tmp_path, finetune__epochs=1, method__name="backdoor")
-    cfg["backdoor"] = {"confounders": 2, "strata_source": "seeds", "stratum_method": {"name": "ce"}}
+    cfg["backdoor"] = {"confounders": 2, "strata_source": "seeds", "stratum_method": {"name": "ce"},
+                       "baselines": [{"name": "ce"}]}
     rec = Recorder(tmp_path / "r")
     out = T.run_trial(cfg, rec)
     assert len(rec.reports) == 1 and out["backdoor/M"] == 2 and "test/bal_acc" in out
+
+
+def test_test_time_crops_change_the_test_logits_only(checkpoint, tmp_path):
+    base = T.train_stage1(TrialConfig.model_validate(_config(checkpoint, tmp_path, finetune__epochs=1)),
+                          write_cache=False)
+    crops = T.train_stage1(TrialConfig.model_validate(_config(checkpoint, tmp_path, finetune__epochs=1,
+                                                              finetune__test_crops=5, finetune__crop_expand=4)),
+                           write_cache=False)
+    np.testing.assert_array_equal(base.val_logits, crops.val_logits)  # same training, same val transform
+    assert crops.test_logits.shape == base.test_logits.shape
+    assert not np.allclose(base.test_logits, crops.test_logits)  # five crops of the enlarged image, averaged
+
+
+def test_configuration_errors_inside_a_trial_are_configuration_errors(tmp_path):
+    from trainables.errors import ConfigurationError
+    missing = {"dataset": {"name": "cifar100_lt", "root": str(tmp_path / "nowhere")},
+               "runtime": {"cache_dir": str(tmp_path / "cache")}, "method": {"name": "ce"}}
+    with pytest.raises(ConfigurationError, match="cifar-100-python"):
+        T.run_trial(missing)
+    names = {"dataset": {"name": "txt_split", "root": str(tmp_path)}, "method": {"name": "ce"},
+             "backbone": {"family": "open_clip", "name": "ViT-B-16"}, "finetune": {"head": "text"},
+             "runtime": {"cache_dir": str(tmp_path / "cache")}}
+    with pytest.raises(ConfigurationError, match="dataset.classnames"):
+        T.run_trial(names)
+    assert issubclass(ConfigurationError, ValueError)
+    no_val = {"dataset": {"name": "toy_lt", "val_per_class": 0, "world": {"num_classes": 4, "n_max": 20}},
+              "backbone": {"family": "toy", "pretrain": {"corpus_size": 200, "epochs": 1, "width": 16, "depth": 1}},
+              "method": {"name": "ce"}, "runtime": {"cache_dir": str(tmp_path / "c"), "zoo_dir": str(tmp_path / "z")}}
+    with pytest.raises(ConfigurationError, match="val_per_class=0"):
+        T.run_trial(no_val)

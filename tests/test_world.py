@@ -224,3 +224,25 @@ def test_zoo_key_ignores_downstream_sizes_but_not_pretraining_knobs(tmp_path):
         assert torch.equal(p, same.model.state_dict()[name]), name
     other = load_or_train(world, pre.model_copy(update={"imbalance_ratio": 2.0}), tmp_path)
     assert other.trained and other.key != first.key
+
+
+def test_prior_agreement_mixes_the_member_ranking_with_the_reference_by_a_gaussian_copula():
+    from trainables.metrics import spearman
+
+    world = ToyWorldConfig(num_classes=30)
+    ref = pretrain_prior(world, ToyPretrainConfig(alignment="shuffled", prior_seed=None, seed=0))
+    same = pretrain_prior(world, ToyPretrainConfig(prior_agreement=1.0, seed=5))
+    rev = pretrain_prior(world, ToyPretrainConfig(prior_agreement=-1.0, seed=5))
+    assert np.allclose(same, ref)  # rho = 1: the reference prior whatever the member's seed
+    assert spearman(rev, ref) == pytest.approx(-1.0)  # rho = -1: the reference reversed
+    rhos = {rho: np.mean([spearman(pretrain_prior(world, ToyPretrainConfig(prior_agreement=rho, seed=s)), ref)
+                          for s in range(20)]) for rho in (0.9, 0.5, 0.0, -0.5)}
+    assert rhos[0.9] > rhos[0.5] > rhos[0.0] > rhos[-0.5]  # agreement falls with rho
+    assert abs(rhos[0.0]) < 0.15
+
+
+def test_a_prior_seed_equal_to_the_seed_is_stored_as_none():
+    assert ToyPretrainConfig(seed=3, prior_seed=3).prior_seed is None
+    assert ToyPretrainConfig(seed=3, prior_seed=4).prior_seed == 4
+    assert ToyPretrainConfig(seed=3, prior_seed=4).effective_prior_seed() == 4
+    assert ToyPretrainConfig(seed=3).effective_prior_seed() == 3

@@ -1,18 +1,26 @@
 """The content-addressed stage-1 cache: val/test logits of one fine-tune, keyed by what determines them.
 
 Layout: ``<cache_dir>/stage1/<key[:2]>/<key>/`` with ``logits.parquet`` (split, index, label,
-logits list<float32>) and ``meta.json``. Entries are written to a temporary directory and renamed
+logits list<float32>; splits val, test and, for a backbone with a zero-shot classifier, zeroshot_val
+and zeroshot_test, its logits before fine-tuning) and ``meta.json``. Entries are written to a temporary directory and renamed
 into place, so a reader never sees half an entry; a file lock per key makes racing trials compute once.
+
+Integrity: ``meta.json`` records the entry's key and the sha256 of every other file of the entry,
+and ``meta.sha256`` the sha256 of ``meta.json``. A read checks all of them; an entry that fails
+(truncated, edited, or moved under another key) is moved to ``<cache_dir>/stage1/damaged/`` with a
+warning naming it, and ``get`` answers None, so the caller recomputes it under the key's lock.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -24,6 +32,15 @@ from filelock import FileLock
 
 from trainables.config import TrialConfig
 from trainables.methods import get_method
+
+log = logging.getLogger(__name__)
+
+META, META_SUM, LOGITS = "meta.json", "meta.sha256", "logits.parquet"
+
+
+class DamagedEntry(ValueError):
+    """A cache entry whose files do not match their recorded checksums or key."""
+
 
 # Fields that never change a stage-1 result (display names, where files go).
 _IGNORED_FIELDS = {"backbone": {"label"}}
@@ -42,9 +59,15 @@ class Stage1Result:
     group_rule: str
     class_names: list[str]
     q_hat: np.ndarray | None = None
+    true_prior: np.ndarray | None = None  # the backbone's known pre-training prior (toy models)
     history: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    # The backbone's zero-shot logits of the same examples (before fine-tuning) and GLA's temperature
+    # T (``trainables.prior.gla_temperature``); None for a backbone without a zero-shot classifier.
+    zeroshot_val_logits: np.ndarray | None = None
+    zeroshot_test_logits: np.ndarray | None = None
+    zeroshot_temperature: float | None = None
 
 
 def stage1_key(cfg: TrialConfig) -> str:
@@ -69,12 +92,32 @@ class Stage1Cache:
         """The entry directory of ``key``."""
         return os.path.join(self.root, key[:2], key)
 
-    def get(self, key: str) -> Stage1Result | None:
-        """The stored entry, or None when there is none."""
+    def get(self, key: str, *, repair: bool = True) -> Stage1Result | None:
+        """The stored entry, or None when there is none or it is damaged. A damaged entry is moved
+        aside when ``repair`` (callers hold ``lock(key)`` then, so a fresh entry is never moved)."""
         path = self.path(key)
-        if not os.path.isfile(os.path.join(path, "meta.json")):
+        if not os.path.isdir(path):
             return None
-        return read_entry(path)
+        try:
+            return read_entry(path, key)
+        except (DamagedEntry, OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+            if repair:
+                self.quarantine(key, exc)
+            return None
+
+    def quarantine(self, key: str, why: BaseException) -> str:
+        """Move ``key``'s entry to ``damaged/`` (kept for inspection) and warn naming both."""
+        src = self.path(key)
+        dst = os.path.join(self.root, "damaged", f"{key}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        try:
+            os.rename(src, dst)
+        except OSError:
+            shutil.rmtree(src, ignore_errors=True)
+            dst = "(removed)"
+        log.warning("stage-1 cache entry %s is damaged (%s: %s); moved to %s, recomputing it",
+                    src, type(why).__name__, str(why).splitlines()[0] if str(why) else "", dst)
+        return dst
 
     def put(self, key: str, result: Stage1Result) -> str:
         """Store ``result`` atomically; an existing entry wins (same key = same computation)."""
@@ -82,11 +125,11 @@ class Stage1Cache:
         os.makedirs(os.path.dirname(final), exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=os.path.dirname(final))
         try:
-            write_entry(tmp, result)
+            write_entry(tmp, result, key)
             try:
                 os.rename(tmp, final)  # atomic; fails when another writer got there first
             except OSError:
-                if not os.path.isfile(os.path.join(final, "meta.json")):
+                if not os.path.isfile(os.path.join(final, META)):
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -99,7 +142,7 @@ class Stage1Cache:
 
     def get_or_create(self, key: str, fn: Callable[[], Stage1Result]) -> Stage1Result:
         """The entry of ``key``; computed by ``fn`` under a file lock when missing (once across processes)."""
-        hit = self.get(key)
+        hit = self.get(key, repair=False)
         if hit is not None:
             return hit
         with self.lock(key):
@@ -111,31 +154,76 @@ class Stage1Cache:
             return result
 
 
-def write_entry(path: str, r: Stage1Result) -> None:
-    """Write ``r`` as logits.parquet + meta.json into directory ``path``."""
+def file_sha256(path: str) -> str:
+    """sha256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_entry(path: str, r: Stage1Result, key: str | None = None) -> None:
+    """Write ``r`` as logits.parquet + meta.json (with the key and checksums) + meta.sha256."""
     os.makedirs(path, exist_ok=True)
-    pq.write_table(logits_table({"val": (r.val_logits, r.val_labels), "test": (r.test_logits, r.test_labels)}),
-                   os.path.join(path, "logits.parquet"))
+    splits = {"val": (r.val_logits, r.val_labels), "test": (r.test_logits, r.test_labels)}
+    if r.zeroshot_val_logits is not None and r.zeroshot_test_logits is not None:
+        splits.update({"zeroshot_val": (r.zeroshot_val_logits, r.val_labels),
+                       "zeroshot_test": (r.zeroshot_test_logits, r.test_labels)})
+    pq.write_table(logits_table(splits), os.path.join(path, LOGITS))
     meta = {
+        "key": key,
+        "files": {LOGITS: file_sha256(os.path.join(path, LOGITS))},
         "train_counts": np.asarray(r.train_counts).tolist(),
         "group_counts": np.asarray(r.group_counts).tolist(),
         "group_rule": r.group_rule,
         "class_names": list(r.class_names),
         "q_hat": None if r.q_hat is None else np.asarray(r.q_hat, dtype=np.float64).tolist(),
+        "true_prior": None if r.true_prior is None else np.asarray(r.true_prior, dtype=np.float64).tolist(),
         "history": [_json_safe(h) for h in r.history],
         "metrics": _json_safe(r.metrics),
         "config": r.config,
+        "zeroshot_temperature": r.zeroshot_temperature,
     }
-    with open(os.path.join(path, "meta.json"), "w") as f:
+    with open(os.path.join(path, META), "w") as f:
         json.dump(meta, f, indent=1, allow_nan=False)
+    with open(os.path.join(path, META_SUM), "w") as f:
+        f.write(file_sha256(os.path.join(path, META)) + "\n")
 
 
-def read_entry(path: str) -> Stage1Result:
-    """Read an entry directory written by ``write_entry``."""
-    with open(os.path.join(path, "meta.json")) as f:
-        meta = json.load(f)
-    table = pq.read_table(os.path.join(path, "logits.parquet"))
-    arrays = {split: _split_arrays(table, split) for split in ("val", "test")}
+def verify_entry(path: str, key: str | None = None) -> dict:
+    """The entry's meta after checking meta.json, every file it lists, and (given) its key;
+    raises DamagedEntry naming the file that does not match."""
+    meta_path = os.path.join(path, META)
+    for name in (META, META_SUM):
+        if not os.path.isfile(os.path.join(path, name)):
+            raise DamagedEntry(f"{os.path.join(path, name)} is missing")
+    with open(os.path.join(path, META_SUM)) as f:
+        if f.read().strip() != file_sha256(meta_path):
+            raise DamagedEntry(f"{meta_path} does not match its checksum in {META_SUM}")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except ValueError as exc:
+        raise DamagedEntry(f"{meta_path} is not valid JSON ({exc})") from None
+    if key is not None and meta.get("key") != key:
+        raise DamagedEntry(f"{meta_path} belongs to key {str(meta.get('key'))[:12]}, not {key[:12]}")
+    files = meta.get("files") or {}
+    if LOGITS not in files:
+        raise DamagedEntry(f"{meta_path} lists no checksum of {LOGITS}")
+    for name, digest in files.items():
+        file = os.path.join(path, name)
+        if not os.path.isfile(file) or file_sha256(file) != digest:
+            raise DamagedEntry(f"{file} is missing or does not match its checksum in {META}")
+    return meta
+
+
+def read_entry(path: str, key: str | None = None) -> Stage1Result:
+    """Read an entry directory written by ``write_entry``, verified first (``verify_entry``)."""
+    meta = verify_entry(path, key)
+    table = pq.read_table(os.path.join(path, LOGITS))
+    arrays = {split: _split_arrays(table, split) for split in ("val", "test", "zeroshot_val", "zeroshot_test")}
+    has_zeroshot = len(arrays["zeroshot_val"][1]) > 0
     return Stage1Result(
         val_logits=arrays["val"][0], val_labels=arrays["val"][1],
         test_logits=arrays["test"][0], test_labels=arrays["test"][1],
@@ -143,8 +231,12 @@ def read_entry(path: str) -> Stage1Result:
         group_counts=np.asarray(meta["group_counts"], dtype=np.int64),
         group_rule=meta["group_rule"], class_names=meta["class_names"],
         q_hat=None if meta["q_hat"] is None else np.asarray(meta["q_hat"], dtype=np.float64),
+        true_prior=None if meta.get("true_prior") is None else np.asarray(meta["true_prior"], dtype=np.float64),
         history=[_json_restore(h) for h in meta["history"]], metrics=_json_restore(meta["metrics"]),
         config=meta["config"],
+        zeroshot_val_logits=arrays["zeroshot_val"][0] if has_zeroshot else None,
+        zeroshot_test_logits=arrays["zeroshot_test"][0] if has_zeroshot else None,
+        zeroshot_temperature=meta.get("zeroshot_temperature"),
     )
 
 
@@ -171,6 +263,8 @@ def logits_table(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> pa.Table:
 def _split_arrays(table: pa.Table, split: str) -> tuple[np.ndarray, np.ndarray]:
     sub = table.filter(pc.equal(table["split"], split)).sort_by("index")
     labels = sub["label"].to_numpy().astype(np.int64)
+    if not len(labels):  # e.g. no zeroshot_* rows: a backbone without a zero-shot classifier
+        return np.zeros((0, 0), np.float32), labels
     values = sub["logits"].combine_chunks().flatten().to_numpy().astype(np.float32)
     return values.reshape(len(labels), -1), labels
 

@@ -60,8 +60,25 @@ class ToyPretrainConfig(_Strict):
     heads: int = Field(4, ge=1, description="ViT attention heads (must divide width)")
     mlp_ratio: float = Field(2.0, gt=0, description="ViT MLP hidden size / width")
     lr: float = Field(2e-3, gt=0, description="AdamW peak learning rate (warm-up + cosine)")
-    prior_seed: int | None = Field(None, description="seed of the 'shuffled' class permutation; "
-                                                     "None = seed (set it to share head classes across seeds)")
+    prior_seed: int | None = Field(None, description="seed of this member's own class ranking ('shuffled', "
+                                   "or the independent part of prior_agreement); None = seed. A value "
+                                   "equal to seed is stored as None, so equal models share a zoo entry")
+    prior_agreement: float | None = Field(
+        None, ge=-1.0, le=1.0, description="Gaussian-copula correlation of this member's class ranking "
+        "with the reference ranking (the one 'alignment' gives with prior seed 0): 1 = the reference "
+        "prior, 0 = independent, -1 = reversed; None = use 'alignment' and prior_seed alone")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _canonical_prior_seed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("prior_seed") is not None \
+                and data.get("prior_seed") == data.get("seed", 0):
+            data = {**data, "prior_seed": None}
+        return data
+
+    def effective_prior_seed(self) -> int:
+        """The seed of this member's own class ranking (prior_seed, or seed when None)."""
+        return self.seed if self.prior_seed is None else self.prior_seed
 
 
 class BackboneConfig(_Strict):
@@ -112,7 +129,8 @@ class DatasetConfig(_Strict):
     imbalance_ratio: float = Field(100.0, ge=1.0, description="n_max / n_min of the training split")
     profile: Literal["exp", "step"] = "exp"
     num_classes: int | None = Field(None, ge=2)
-    val_per_class: int = Field(20, ge=1, description="balanced validation images per class")
+    val_per_class: int = Field(20, ge=0, description="validation images per class (CIFAR: at most the "
+                               "training images the long-tailed split leaves unused, none for its head class)")
     split_seed: int = Field(0, description="seed of the long-tailed subset and validation split")
     group_reference_ir: float | None = Field(
         None, ge=1.0, description="fix D-groups from the class counts of this imbalance ratio "
@@ -121,7 +139,10 @@ class DatasetConfig(_Strict):
     train_split: str | None = Field(None, description="txt formats: file of 'path label' lines")
     val_split: str | None = None
     test_split: str | None = None
-    classnames: str | None = Field(None, description="txt formats: file with one class name per line")
+    classnames: str | None = Field(
+        None, description="split-file data sets: class-name file (one name per line, LIFT's '<id> <name>' "
+                          "lines or iNaturalist's categories.json); None = the list shipped for "
+                          "imagenet_lt / places_lt / inat2018, placeholders class_<i> otherwise")
     limit_per_class: int | None = Field(None, ge=1, description="cap images per class (smoke runs)")
 
 
@@ -145,6 +166,14 @@ class FinetuneConfig(_Strict):
     prompt_templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."])
     cache_features: bool = Field(True, description="frozen-backbone methods train on cached features")
     augment: bool = True
+    eval_transform: Literal["center", "lift"] = Field(
+        "center", description="val/test images: center = Resize(res) + CenterCrop(res); lift = LIFT's "
+                              "Resize(res * 8 // 7) + CenterCrop(res)")
+    test_crops: Literal[1, 5, 10] = Field(
+        1, description="test-time crops whose logits are averaged (LIFT's test-time ensembling, the paper's "
+                       "test): 5 = FiveCrop, 10 = TenCrop of the image resized to res + crop_expand; test only")
+    crop_expand: int = Field(24, ge=0, description="test_crops > 1: pixels added to res before cropping "
+                                                   "(LIFT's 'expand', 24 for ViT-B/16)")
     num_workers: int = Field(0, ge=0)
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps (benchmarks, smoke runs)")
 
@@ -158,7 +187,6 @@ class MethodConfig(_Strict):
     gamma: float = Field(1.0, ge=0, description="focal loss exponent")
     beta: float = Field(0.9999, ge=0, lt=1, description="class-balanced effective-number beta")
     ldam_max_margin: float = Field(0.5, gt=0)
-    ldam_scale: float = Field(30.0, gt=0)
     drw_epoch_frac: float = Field(0.8, ge=0, le=1, description="LDAM-DRW: re-weighting starts here")
     crt_epochs: int = Field(5, ge=1, description="cRT: epochs of class-balanced head retraining")
     base_method: str = Field("ce", description="post-hoc methods: the training method whose logits they correct")
@@ -169,14 +197,22 @@ class BackdoorConfig(_Strict):
 
     confounders: int = Field(3, ge=1, description="M, the number of strata")
     strata: list[int] | None = Field(None, description="pool indices; None = the first M")
-    weighting: Literal["uniform", "searched", "fitted", "bias_conditional"] = "uniform"
+    weighting: str = Field("uniform", description="a rule of trainables.methods.weighting: uniform, "
+                                                   "searched, fitted, reliability")
     weights: list[float] | None = Field(None, description="'searched': raw non-negative weights per pool member")
     aggregation: Literal["logit", "prob", "logprob"] = "logit"
     debias: Literal["none", "la", "gla"] = "none"
     stratum_method: MethodConfig = Field(default_factory=lambda: MethodConfig(name="la"))
     strata_source: Literal["pool", "seeds"] = Field(
         "pool", description="pool: different backbones; seeds: seeds of pool[0] (ensembling control)")
-    bias_temperature: float = Field(1.0, gt=0, description="bias_conditional: sharpness of the weights")
+    reliability_shrinkage: float = Field(
+        0.5, ge=0, le=1, description="reliability: weight of uniform in the class-conditional weights "
+                                     "(0 = per-class validation F1 alone, 1 = uniform)")
+    baselines: list[MethodConfig] = Field(
+        default_factory=lambda: [MethodConfig(name="ce"), MethodConfig(name="la"),
+                                 MethodConfig(name="gla", base_method="ce")],
+        description="single-model methods run on every pool member; each backdoor trial is compared "
+                    "with the best of them (chosen on validation) and with their mean")
 
 
 class RuntimeConfig(_Strict):
@@ -191,6 +227,58 @@ class RuntimeConfig(_Strict):
     fault: str | None = Field(None, description="testing only: nan_at_epoch:N or crash_at_epoch:N")
 
 
+PRETRAIN_SEED_STRIDE = 1000
+"""Replicate r's pre-training seed of a toy member is member seed + PRETRAIN_SEED_STRIDE * r."""
+
+
+class Replicate(_Strict):
+    """One independent repeat: which world, which pre-training run, which fine-tuning run.
+
+    ``world`` sets ``dataset.world.seed`` (which images, which classes share parts); ``pretrain``
+    shifts every toy backbone's pre-training seed (its own prior stays); ``finetune`` is the
+    stage-1 training seed. See ``trainables.stages.apply_replicate``.
+    """
+
+    world: int = 0
+    pretrain: int = 0
+    finetune: int = 0
+
+    def label(self) -> str:
+        """'w0-p1-f0': the MLflow tag ``ltbias.replicate``."""
+        return f"w{self.world}-p{self.pretrain}-f{self.finetune}"
+
+
+class SeedAxes(_Strict):
+    """The three seed axes of a study; its replicates are their cross product."""
+
+    world: list[int] = Field(default_factory=lambda: [0], min_length=1, description="world seeds")
+    pretrain: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                                description="pre-training replicates (0 = each member's own seed)")
+    finetune: list[int] = Field(default_factory=lambda: [0], min_length=1, description="fine-tuning seeds")
+
+    @field_validator("world", "pretrain", "finetune")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        dup = [s for i, s in enumerate(v) if s in v[:i]]
+        if dup:
+            raise ValueError(f"seed {dup[0]} is listed twice; seeds must be distinct")
+        return v
+
+    def replicates(self) -> list[Replicate]:
+        """Every (world, pretrain, finetune) combination, world slowest."""
+        return [Replicate(world=w, pretrain=p, finetune=f)
+                for w in self.world for p in self.pretrain for f in self.finetune]
+
+
+def seed_axes(seeds: "list[int] | SeedAxes | dict") -> SeedAxes:
+    """A study's ``seeds`` (a list = fine-tuning seeds, or the three axes) as SeedAxes."""
+    if isinstance(seeds, SeedAxes):
+        return seeds
+    if isinstance(seeds, dict):
+        return SeedAxes.model_validate(seeds)
+    return SeedAxes(finetune=list(seeds))
+
+
 class TrialConfig(_Strict):
     """Everything one trial needs."""
 
@@ -200,6 +288,32 @@ class TrialConfig(_Strict):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     backdoor: BackdoorConfig = Field(default_factory=BackdoorConfig)
-    seed: int = 0
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seed: int = Field(0, description="the seed of a stage-1 fine-tune")
+    replicates: list[Replicate] = Field(
+        default_factory=lambda: [Replicate()], min_length=1,
+        description="stage-2 trials evaluate every replicate and report mean and sample s.d.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+
+def apply_replicate(cfg: TrialConfig, rep: Replicate) -> TrialConfig:
+    """``cfg`` as replicate ``rep`` runs it (``cfg`` holds the study's base seeds).
+
+    - ``dataset.world.seed = rep.world``;
+    - every toy backbone (``backbone`` and each ``pool`` member) keeps its own class ranking (its
+      prior seed is pinned to the base one) and pre-trains with seed
+      ``member seed + PRETRAIN_SEED_STRIDE * rep.pretrain``;
+    - ``seed = rep.finetune``; ``replicates = [rep]``.
+    """
+    def member(bb: BackboneConfig) -> BackboneConfig:
+        if bb.pretrain is None:
+            return bb
+        pre = bb.pretrain.model_dump()
+        pre.update(prior_seed=bb.pretrain.effective_prior_seed(),
+                   seed=bb.pretrain.seed + PRETRAIN_SEED_STRIDE * rep.pretrain)
+        return bb.model_copy(update={"pretrain": ToyPretrainConfig.model_validate(pre)})
+
+    world = cfg.dataset.world.model_copy(update={"seed": rep.world})
+    return cfg.model_copy(update={
+        "dataset": cfg.dataset.model_copy(update={"world": world}),
+        "backbone": member(cfg.backbone), "pool": [member(b) for b in cfg.pool],
+        "seed": rep.finetune, "replicates": [rep]})

@@ -104,6 +104,8 @@ class Tag:
     GROUP = "ltbias.group"
     SEED = "ltbias.seed"
     REPLICATE = "ltbias.replicate"
+    #: study run: the execution id that names its Optuna studies <study>/<execution>/<cell>
+    EXECUTION = "ltbias.execution"
     OPTUNA_TRIAL = "ltbias.optuna_trial"
     LAST_STEP = "ltbias.last_step"
     ERROR = "ltbias.error"

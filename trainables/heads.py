@@ -1,4 +1,6 @@
-"""Classifier heads on encoder features: linear, cosine, and cosine initialised from the zero-shot classifier."""
+"""Classifier heads on encoder features: linear, cosine, and cosine initialised from the zero-shot
+classifier (for open_clip: the text embeddings mapped into the image feature space, LIFT's
+``init_head_text_feat``: normalize(text @ proj.T))."""
 
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ def build_head(kind: str, backbone: Backbone, num_classes: int, cfg: FinetuneCon
         if w is None:
             raise ValueError(f"finetune.head='text' needs a zero-shot classifier, and backbone "
                              f"{backbone.meta.get('name', '?')!r} has none; use head 'cosine' or 'linear'")
+        if backbone.zero_shot_projection is not None:  # LIFT: text features @ proj.T, normalised
+            w = nn.functional.normalize(w.float() @ backbone.zero_shot_projection.float().T, dim=-1)
         if tuple(w.shape) != (num_classes, backbone.feature_dim):
             raise ValueError(f"zero-shot classifier has shape {tuple(w.shape)}, expected "
                              f"({num_classes}, {backbone.feature_dim}); the backbone was built for other classes")

@@ -88,9 +88,34 @@ def _macro_f1(pred: np.ndarray, y: np.ndarray, num_classes: int) -> float:
     return float((2 * tp[seen] / denom[seen]).mean()) if seen.any() else float("nan")
 
 
+def spearman(a: ArrayLike, b: ArrayLike) -> float:
+    """Spearman rank correlation of two vectors (average ranks for ties); NaN when one is constant."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(_np(a).astype(np.float64)), rankdata(_np(b).astype(np.float64))
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def prior_error(q_hat: ArrayLike | None, true_prior: ArrayLike | None) -> dict[str, float]:
+    """How well q_hat estimates a backbone's true pre-training prior (toy models know it).
+
+    ``prior/spearman``: Spearman rank correlation of q_hat and the true prior (1 = same ranking, so
+    the same P-groups); ``prior/tv``: total variation 0.5 * sum_y |q_hat(y) - p_pre(y)| (both
+    normalised). NaN when either is missing.
+    """
+    if q_hat is None or true_prior is None:
+        return {"prior/spearman": float("nan"), "prior/tv": float("nan")}
+    q, p = _np(q_hat).astype(np.float64), _np(true_prior).astype(np.float64)
+    return {"prior/spearman": spearman(q, p), "prior/tv": float(0.5 * np.abs(q / q.sum() - p / p.sum()).sum())}
+
+
 def compute_metrics(logits: ArrayLike, labels: ArrayLike, group_counts: ArrayLike,
-                    q_hat: ArrayLike | None = None, split: str = "val") -> dict[str, float]:
-    """Every ``{split}/...`` metric of one split; P- and D x P metrics are NaN without ``q_hat``."""
+                    q_hat: ArrayLike | None = None, split: str = "val",
+                    true_prior: ArrayLike | None = None) -> dict[str, float]:
+    """Every ``{split}/...`` metric of one split; P- and D x P metrics are NaN without ``q_hat``,
+    ``p_true_*`` NaN without ``true_prior``."""
     z = _np(logits)
     C = z.shape[1]
     y = _np(labels).astype(np.int64)
@@ -127,4 +152,11 @@ def compute_metrics(logits: ArrayLike, labels: ArrayLike, group_counts: ArrayLik
     for d, dname in enumerate(GROUP_NAMES):
         for p, pname in enumerate(GROUP_NAMES):
             out[f"{split}/dp_{dname}_{pname}"] = float(grid[d, p])
+    # p_true_*: the same thirds, by the backbone's TRUE pre-training prior (toy models), so the
+    # P-groups do not inherit q_hat's estimation error.
+    tg = p_groups(true_prior) if true_prior is not None else None
+    if tg is not None and len(tg) != C:
+        raise ValueError(f"true_prior has {len(tg)} classes but logits have {C}")
+    for g, name in enumerate(GROUP_NAMES):
+        out[f"{split}/p_true_{name}"] = _mean_over(class_acc, np.flatnonzero(tg == g)) if tg is not None else float("nan")
     return out

@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 PeftFn = Callable[[Backbone, int, FinetuneConfig], nn.Module]
 PEFTS: Registry[PeftFn] = Registry("peft kind")
 
-ADAPTER_SCALE = 0.1  # AdaptFormer's fixed scale s of the parallel branch
 LORA_ALPHA_OVER_RANK = 1.0  # the LoRA update is scaled by alpha / r; alpha = r keeps it rank-free
 
 
@@ -60,33 +59,42 @@ def _bitfit(backbone: Backbone, num_classes: int, cfg: FinetuneConfig) -> nn.Mod
     return nn.ModuleList()
 
 
-class Adapter(nn.Module):
-    """AdaptFormer's bottleneck: up(relu(down(h))), with up zero-initialised."""
+class AdaptFormer(nn.Module):
+    """LIFT's AdaptFormer branch: scale * up(relu(down(LayerNorm(x)))) with its own LayerNorm, a
+    learnable scalar scale that starts at 1, down kaiming-normal, up and both biases zero (so the
+    adapted model starts as the frozen one). Parameter names follow LIFT's module (shijxcs/LIFT
+    ``models/peft_modules.py``), so its weights load as they are."""
 
     def __init__(self, dim: int, bottleneck: int) -> None:
         super().__init__()
-        self.down = nn.Linear(dim, bottleneck)
-        self.up = nn.Linear(bottleneck, dim)
-        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.down.bias)
-        nn.init.zeros_(self.up.weight)  # zero so the adapted model starts as the frozen one
-        nn.init.zeros_(self.up.bias)
+        self.ln = nn.LayerNorm(dim)
+        self.down_proj = nn.Linear(dim, bottleneck)
+        self.up_proj = nn.Linear(bottleneck, dim)
+        self.scale = nn.Parameter(torch.ones(1))
+        nn.init.kaiming_normal_(self.down_proj.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.up_proj.weight)
+        nn.init.zeros_(self.down_proj.bias)
+        nn.init.zeros_(self.up_proj.bias)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.up(nn.functional.relu(self.down(h)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up_proj(nn.functional.relu(self.down_proj(self.ln(x)))) * self.scale
 
 
-class MlpWithAdapter(nn.Module):
-    """A block's MLP plus a parallel adapter on the same normalised input: mlp(h) + s * adapter(h)."""
+class MlpWithAdaptFormer(nn.Module):
+    """A block's normalised MLP with AdaptFormer beside it, both reading the residual stream x:
+    ``mlp(norm(x)) + adapter(x)``. It replaces ``block.mlp`` while the block's own norm becomes an
+    identity, so the block computes x + mlp(norm(x)) + adapter(x), LIFT's feed-forward step
+    (``models/peft_vit.py``: ``x = mlp(ln_2(identity)); x = x + adaptformer(identity); x = x + identity``).
+    """
 
-    def __init__(self, mlp: nn.Module, adapter: Adapter, scale: float = ADAPTER_SCALE) -> None:
+    def __init__(self, norm: nn.Module, mlp: nn.Module, adapter: AdaptFormer) -> None:
         super().__init__()
+        self.norm = norm
         self.mlp = mlp
         self.adapter = adapter
-        self.scale = scale
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.mlp(h) + self.scale * self.adapter(h)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm(x)) + self.adapter(x)
 
 
 def adapter_bottleneck(num_classes: int, num_blocks: int) -> int:
@@ -99,10 +107,19 @@ def _adaptformer(backbone: Backbone, num_classes: int, cfg: FinetuneConfig) -> n
     blocks = _require_blocks(backbone, "adaptformer")
     dim = cfg.adapter_dim or adapter_bottleneck(num_classes, len(blocks))
     adapters = nn.ModuleList()
-    for block in blocks:
-        width = _block_width(block)
-        adapter = Adapter(width, dim)
-        block.mlp = MlpWithAdapter(block.mlp, adapter)
+    for i, block in enumerate(blocks):
+        norm = getattr(block, backbone.mlp_norm, None)
+        if norm is None:
+            raise ValueError(f"adaptformer: block {i} ({type(block).__name__}) has no norm "
+                             f"{backbone.mlp_norm!r} before its MLP; use peft lora, bitfit or full")
+        for name in ("ls_2", "ls2"):  # a layer scale would scale the adapter too (not LIFT's block)
+            ls = getattr(block, name, None)
+            if ls is not None and not isinstance(ls, nn.Identity):
+                raise ValueError(f"adaptformer: block {i} has a layer scale ({name}); LIFT's AdaptFormer "
+                                 f"is defined for blocks without one; use peft lora, bitfit or full")
+        adapter = AdaptFormer(_block_width(block), dim)
+        block.mlp = MlpWithAdaptFormer(norm, block.mlp, adapter)
+        setattr(block, backbone.mlp_norm, nn.Identity())
         adapters.append(adapter)
     return adapters
 

@@ -16,7 +16,7 @@ from typing import Hashable, Iterable, Mapping, TypeVar
 K = TypeVar("K", bound=Hashable)
 
 #: Metric a stage-2 trial reports: how many seeds (replicates) its metrics average.
-REPLICATES_METRIC = "seeds"
+REPLICATES_METRIC = "replicates"
 
 
 def finite(value: object) -> float | None:

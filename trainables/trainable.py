@@ -14,6 +14,7 @@ Resuming is exact: every epoch re-seeds the global RNGs and the shuffle generato
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import numpy as np
+from pydantic import ValidationError
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset, WeightedRandomSampler
@@ -32,14 +34,15 @@ from trainables.artifacts import write_artifacts
 from trainables.backbones import build_backbone
 from trainables.backbones.base import Backbone
 from trainables.cache import Stage1Cache, Stage1Result, stage1_key
-from trainables.config import BackboneConfig, MethodConfig, TrialConfig
+from trainables.config import BackboneConfig, MethodConfig, TrialConfig, apply_replicate
 from trainables.data import DataSplits, build_splits
+from trainables.errors import ConfigurationError, NonFiniteLossError
 from trainables.heads import build_head
-from trainables.metrics import compute_metrics
+from trainables.metrics import compute_metrics, prior_error
 from trainables.methods import get_method
 from trainables.methods.backdoor import check_not_double_corrected, mean_and_std, run_backdoor
 from trainables.peft import apply_peft, count_trainable
-from trainables.prior import estimate_prior
+from trainables.prior import estimate_prior, gla_temperature
 from trainables.stages import stage1_config
 
 log = logging.getLogger(__name__)
@@ -58,10 +61,6 @@ class Reporter(Protocol):
         """The checkpoint directory to resume from, or None to start fresh."""
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
 class SimulatedCrash(RuntimeError):
     """runtime.fault = crash_at_epoch:N (fault-tolerance tests)."""
 
@@ -72,7 +71,10 @@ class SimulatedCrash(RuntimeError):
 
 def run_trial(config: dict, reporter: Reporter | None = None) -> dict:
     """Validate ``config`` (a TrialConfig dict), run the trial, return its final metrics."""
-    cfg = TrialConfig.model_validate(config)
+    try:
+        cfg = TrialConfig.model_validate(config)
+    except ValidationError as exc:  # the same config fails the same way on every retry
+        raise ConfigurationError(f"invalid trial config: {exc}") from None
     if cfg.runtime.num_threads:
         torch.set_num_threads(cfg.runtime.num_threads)
     method = get_method(cfg.method.name)
@@ -81,9 +83,9 @@ def run_trial(config: dict, reporter: Reporter | None = None) -> dict:
     if method.kind == "posthoc":
         return run_posthoc(cfg, reporter)
     if method.kind == "ensemble":
-        metrics, adjusted = run_backdoor(cfg, lambda bb, m, seed: stage1_result(cfg, bb, m, seed), compute_metrics)
-        return report_stage2(reporter, cfg, metrics, adjusted)
-    raise ValueError(f"method {cfg.method.name!r} has kind {method.kind!r}; expected train, posthoc or ensemble")
+        metrics, adjusted, details = run_backdoor(cfg, stage1_result, compute_metrics)
+        return report_stage2(reporter, cfg, metrics, adjusted, {"replicates.json": details})
+    raise ConfigurationError(f"method {cfg.method.name!r} has kind {method.kind!r}; expected train, posthoc or ensemble")
 
 
 def tune_trainable(config: dict) -> None:
@@ -142,34 +144,52 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
     fault = parse_fault(rt.fault)
     seed_everything(cfg.seed)
 
-    # Data and backbone.
-    splits = build_splits(cfg.dataset, rt)
+    # Data and backbone: a missing file or an unknown model is a configuration error (not retried).
+    check_class_names(cfg)
+    try:
+        splits = build_splits(cfg.dataset, rt)
+    except FileNotFoundError as e:
+        raise ConfigurationError(str(e)) from e
+    if len(splits.val) == 0:
+        raise ConfigurationError(
+            f"dataset.val_per_class={cfg.dataset.val_per_class}: {cfg.dataset.name} has no validation "
+            "image, and a trial selects, stops early and estimates q_hat on validation; set "
+            "dataset.val_per_class >= 1 (CIFAR-LT's train split stays the benchmark's either way)")
     C = splits.num_classes
-    backbone = with_input_norm(build_backbone(cfg.backbone, rt, splits.class_names, ft.prompt_templates,
-                                              cfg.dataset.world))
+    try:
+        backbone = with_input_norm(build_backbone(cfg.backbone, rt, splits.class_names, ft.prompt_templates,
+                                                  cfg.dataset.world))
+    except FileNotFoundError as e:
+        raise ConfigurationError(str(e)) from e
     # Building may pre-train a toy model in this process and use up random numbers: re-seed so a
     # trial's result does not depend on whether the model zoo was warm.
     seed_everything(derive_seed(cfg.seed, 0))
     backbone.encoder.to(device)
-    train_tf, eval_tf = make_transforms(backbone, ft.augment)
+    train_tf, eval_tf = make_transforms(backbone, ft.augment, ft.eval_transform)
+    test_tf = make_test_transform(backbone, ft)
+    split_tf = {"train": eval_tf, "val": eval_tf, "test": test_tf}  # what features are computed with
     images = {"train": splits.train.with_transform(train_tf), "val": splits.val.with_transform(eval_tf),
-              "test": splits.test.with_transform(eval_tf)}
+              "test": splits.test.with_transform(test_tf)}
     use_cache = ft.peft == "linear" and ft.cache_features
-    enc = lambda split: encode(backbone.encoder, splits_with(splits, split, eval_tf), ft.batch_size, device, ft.amp)
+    enc = lambda split: encode(backbone.encoder, splits_with(splits, split, split_tf[split]), ft.batch_size,
+                               device, ft.amp)
 
     # Zero-shot classifier: q_hat from the balanced val split (never test), zero-shot accuracies.
+    # GLA: calibrate the zero-shot logits (temperature T), estimate q_hat from z / T; the raw
+    # zero-shot logits go into the stage-1 cache for GLA's inference (z_ft + z_zs / T - log q_hat ...).
     features: dict[str, torch.Tensor] = {}
-    q_hat, zeroshot = None, {}
+    q_hat, zeroshot, zs_logits, zs_temperature = None, {}, {}, None
+    true_prior = getattr(backbone, "true_prior", None)
     if backbone.zero_shot_weight is not None:
         for split in ("val", "test"):
             features[split] = enc(split)
             labels = getattr(splits, split).labels
-            z = backbone.zero_shot_logits(features[split]).numpy()
+            zs_logits[split] = z = mean_over_crops(backbone.zero_shot_logits(features[split])).numpy()
             zeroshot[f"zeroshot/{split}_acc"] = float((z.argmax(1) == labels).mean())
-            if split == "val":
-                q_hat = estimate_prior(z, labels)
+        zs_temperature = zero_shot_temperature(zs_logits["val"], splits.val.labels)
+        q_hat = estimate_prior(zs_logits["val"] / zs_temperature, splits.val.labels)
     if getattr(method, "needs_prior", False) and q_hat is None:
-        raise ValueError(f"method {cfg.method.name!r} needs the pre-training prior q_hat, but backbone "
+        raise ConfigurationError(f"method {cfg.method.name!r} needs the pre-training prior q_hat, but backbone "
                          f"{cfg.backbone.display()!r} has no zero-shot classifier to estimate it from")
 
     # Model: PEFT inside the encoder, head on top; a frozen encoder trains on cached features.
@@ -186,7 +206,8 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
         model = Classifier(backbone.encoder, head)
     model.to(device)  # after PEFT: its new modules are created on the CPU
     saved_names = [n for n, p in model.named_parameters() if p.requires_grad]
-    loss_fn = method.make_loss(cfg.method, splits.train_counts, ft.epochs, q_hat)
+    logit_scale = ft.cosine_scale if ft.head in ("cosine", "text") else 1.0
+    loss_fn = method.make_loss(cfg.method, splits.train_counts, ft.epochs, q_hat, logit_scale)
 
     # Phases: the configured fine-tune, then for two-phase methods (cRT) class-balanced head retraining.
     two_phase = bool(getattr(method, "two_phase", False))
@@ -227,7 +248,7 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
         val_logits, val_labels = predict(phase.model, phase.data["val"], ft.batch_size, device, ft.amp)
         metrics = {"epoch": epoch, "train/loss": loss, "train/lr": lr,
                    "trainable_params": count_trainable(phase.model),
-                   **compute_metrics(val_logits, val_labels, splits.group_counts, q_hat, split="val")}
+                   **compute_metrics(val_logits, val_labels, splits.group_counts, q_hat, "val", true_prior)}
         history.append(dict(metrics))
         if epoch < total:
             report(reporter, metrics, lambda d: save_checkpoint(
@@ -237,15 +258,20 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
     if not metrics:  # no epoch ran (epochs = 0, or resumed after the last one)
         val_logits, val_labels = predict(phase.model, phase.data["val"], ft.batch_size, device, ft.amp)
         metrics = {"epoch": total, "trainable_params": count_trainable(phase.model),
-                   **compute_metrics(val_logits, val_labels, splits.group_counts, q_hat, split="val")}
+                   **compute_metrics(val_logits, val_labels, splits.group_counts, q_hat, "val", true_prior)}
     test_logits, test_labels = predict(phase.model, phase.data["test"], ft.batch_size, device, ft.amp)
-    metrics.update(compute_metrics(test_logits, test_labels, splits.group_counts, q_hat, split="test"))
+    metrics.update(compute_metrics(test_logits, test_labels, splits.group_counts, q_hat, "test", true_prior))
     metrics.update(zeroshot)
+    if true_prior is not None:
+        metrics.update(prior_error(q_hat, true_prior))
     result = Stage1Result(
         val_logits=val_logits, val_labels=val_labels, test_logits=test_logits, test_labels=test_labels,
         train_counts=np.asarray(splits.train_counts), group_counts=np.asarray(splits.group_counts),
         group_rule=splits.group_rule, class_names=list(splits.class_names), q_hat=q_hat,
-        history=history, metrics=dict(metrics), config=cfg.model_dump(mode="json"))
+        true_prior=None if true_prior is None else np.asarray(true_prior, dtype=np.float64),
+        history=history, metrics=dict(metrics), config=cfg.model_dump(mode="json"),
+        zeroshot_val_logits=zs_logits.get("val"), zeroshot_test_logits=zs_logits.get("test"),
+        zeroshot_temperature=zs_temperature)
     if write_cache:
         Stage1Cache(rt.cache_dir).put(stage1_key(cfg), result)
 
@@ -256,6 +282,30 @@ def train_stage1(cfg: TrialConfig, reporter: Reporter | None = None, write_cache
 
     report(reporter, metrics, final_checkpoint)
     return result
+
+
+def check_class_names(cfg: TrialConfig) -> None:
+    """ConfigurationError when placeholder class names would reach an open_clip text tower (the
+    dry-run reports the same; this guards trials started another way)."""
+    from trainables.data.names import placeholder_names
+
+    method = get_method(cfg.method.name)
+    if (cfg.backbone.family == "open_clip" and placeholder_names(cfg.dataset)
+            and (cfg.finetune.head == "text" or getattr(method, "needs_prior", False))):
+        raise ConfigurationError(
+            f"dataset.classnames: {cfg.dataset.name} has no class names (placeholders class_0, class_1, ...) "
+            f"and finetune.head={cfg.finetune.head!r} / method {cfg.method.name!r} reads them through the "
+            "text tower; set dataset.classnames to the class-name file")
+
+
+def zero_shot_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """GLA's temperature of the zero-shot logits on val; 1 (with a warning in the log) when its search
+    cannot reach the accuracy (zero-shot accuracy at or below chance, or an empty split)."""
+    try:
+        return gla_temperature(logits, labels)
+    except ValueError as e:
+        log.warning("zero-shot logits left uncalibrated (T = 1): %s", e)
+        return 1.0
 
 
 @dataclass
@@ -295,7 +345,8 @@ def head_retraining_phase(prev: Phase, images: dict[str, Dataset], splits: DataS
                 m.reset_parameters()
     head.requires_grad_(True)
     if ft.cache_features and not isinstance(model.encoder, nn.Identity):
-        eval_data = {s: splits_with(splits, s, images["val"].transform) for s in ("train", "val", "test")}
+        eval_data = {s: splits_with(splits, s, images["test" if s == "test" else "val"].transform)
+                     for s in ("train", "val", "test")}
         feats = {s: encode(model.encoder, ds, ft.batch_size, device, ft.amp) for s, ds in eval_data.items()}
         data = {s: TensorDataset(feats[s], torch.as_tensor(getattr(splits, s).labels)) for s in feats}
         phase_model: nn.Module = Classifier(nn.Identity(), head)
@@ -350,9 +401,23 @@ def predict(model: nn.Module, data: Dataset, batch_size: int, device: torch.devi
     out, labels = [], []
     for x, y in make_loader(data, batch_size, seed=0, balanced=False, num_workers=0, shuffle=False):
         with autocast(device, amp):
-            out.append(model(x.to(device)).float().cpu())
+            out.append(mean_over_crops(run_on_crops(model, x.to(device))).float().cpu())
         labels.append(y)
     return torch.cat(out).numpy(), torch.cat(labels).numpy().astype(np.int64)
+
+
+def run_on_crops(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module`` on images [B, 3, H, W], or on crops [B, n, 3, H, W] giving [B, n, ...]."""
+    if x.ndim == 5:
+        b, n = x.shape[:2]
+        out = module(x.flatten(0, 1))
+        return out.view(b, n, *out.shape[1:])
+    return module(x)
+
+
+def mean_over_crops(logits: torch.Tensor) -> torch.Tensor:
+    """Logits [B, C] as they are; [B, n, C] (one row per test-time crop) averaged over the crops (LIFT)."""
+    return logits.mean(dim=1) if logits.ndim == 3 else logits
 
 
 @torch.no_grad()
@@ -362,7 +427,7 @@ def encode(encoder: nn.Module, data: Dataset, batch_size: int, device: torch.dev
     feats = []
     for x, _ in make_loader(data, batch_size, seed=0, balanced=False, num_workers=0, shuffle=False):
         with autocast(device, amp):
-            feats.append(encoder(x.to(device)).float().cpu())
+            feats.append(run_on_crops(encoder, x.to(device)).float().cpu())  # [B, n, D] for crops
     return torch.cat(feats)
 
 
@@ -378,33 +443,50 @@ def stage1_result(trial_cfg: TrialConfig, backbone: BackboneConfig, method: Meth
 
 
 def report_stage2(reporter: Reporter | None, cfg: TrialConfig, metrics: dict,
-                  artifacts_of: Stage1Result | None = None) -> dict:
-    """Report a stage-2 trial's metrics once, with ``artifacts/`` of ``artifacts_of`` (its adjusted logits)."""
+                  artifacts_of: Stage1Result | None = None, json_files: dict | None = None) -> dict:
+    """Report a stage-2 trial's metrics once, with ``artifacts/`` of ``artifacts_of`` (its adjusted
+    logits) and ``json_files`` (file name -> JSON-able object) written there too."""
     def write(d: str) -> None:
         if cfg.runtime.artifacts and artifacts_of is not None:
             write_artifacts(os.path.join(d, "artifacts"), artifacts_of)
+        if cfg.runtime.artifacts and json_files:
+            os.makedirs(os.path.join(d, "artifacts"), exist_ok=True)
+            for name, obj in json_files.items():
+                with open(os.path.join(d, "artifacts", name), "w") as f:
+                    json.dump(obj, f, indent=1)
     report(reporter, metrics, write)
     return metrics
 
 
 def run_posthoc(cfg: TrialConfig, reporter: Reporter | None = None) -> dict:
-    """Post-hoc correction of the base method's cached logits, for every seed in cfg.seeds."""
+    """Post-hoc correction of the base method's cached logits, for every replicate in cfg.replicates."""
     method = get_method(cfg.method.name)
     base = cfg.method.model_copy(update={"name": cfg.method.base_method})
     check_not_double_corrected(cfg.method.name, base.name, "method.name", "method.base_method")
     per_seed, first = [], None
-    for seed in cfg.seeds:
-        r = stage1_result(cfg, cfg.backbone, base, seed)
+    for rep in cfg.replicates:
+        rc = apply_replicate(cfg, rep)
+        r = stage1_result(rc, rc.backbone, base, rc.seed)
         if getattr(method, "needs_prior", False) and r.q_hat is None:
-            raise ValueError(f"method {cfg.method.name!r} needs q_hat, but backbone {cfg.backbone.display()!r} "
+            raise ConfigurationError(f"method {cfg.method.name!r} needs q_hat, but backbone {cfg.backbone.display()!r} "
                              f"has no zero-shot classifier; use posthoc_la")
-        adjusted = {s: np.asarray(method.adjust(getattr(r, f"{s}_logits"), cfg.method, r.train_counts, r.q_hat),
-                                  dtype=np.float32) for s in ("val", "test")}
-        per_seed.append({**compute_metrics(adjusted["val"], r.val_labels, r.group_counts, r.q_hat, split="val"),
-                         **compute_metrics(adjusted["test"], r.test_labels, r.group_counts, r.q_hat, split="test")})
+        adjusted = {s: np.asarray(method.adjust(getattr(r, f"{s}_logits"), cfg.method, r.train_counts, r.q_hat,
+                                                calibrated_zero_shot(r, s)), dtype=np.float32)
+                    for s in ("val", "test")}
+        per_seed.append({**compute_metrics(adjusted["val"], r.val_labels, r.group_counts, r.q_hat, "val", r.true_prior),
+                         **compute_metrics(adjusted["test"], r.test_labels, r.group_counts, r.q_hat, "test", r.true_prior),
+                         **(prior_error(r.q_hat, r.true_prior) if r.true_prior is not None else {})})
         if first is None:
             first = Stage1Result(**{**r.__dict__, "val_logits": adjusted["val"], "test_logits": adjusted["test"]})
     return report_stage2(reporter, cfg, mean_and_std(per_seed), first)
+
+
+def calibrated_zero_shot(r: Stage1Result, split: str) -> np.ndarray | None:
+    """The cached zero-shot logits of ``split`` divided by GLA's temperature, or None."""
+    z = getattr(r, f"zeroshot_{split}_logits")
+    if z is None:
+        return None
+    return z / (r.zeroshot_temperature or 1.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,12 +494,16 @@ def run_posthoc(cfg: TrialConfig, reporter: Reporter | None = None) -> dict:
 
 
 def report(reporter: Reporter | None, metrics: dict, write_checkpoint: Callable[[str], None]) -> None:
-    """Send ``metrics`` with a fresh checkpoint directory filled by ``write_checkpoint``; no-op without reporter."""
+    """Send ``metrics`` with a fresh checkpoint directory filled by ``write_checkpoint``; no-op without reporter.
+
+    A directory left empty is not sent: under Tune an empty checkpoint still costs a copy to
+    storage and its bookkeeping (about 0.1 s per stage-2 trial without artifacts).
+    """
     if reporter is None:
         return
     with tempfile.TemporaryDirectory(prefix="ltbias-ckpt-") as d:
         write_checkpoint(d)
-        reporter.report(dict(metrics), d)
+        reporter.report(dict(metrics), d if os.listdir(d) else None)
 
 
 def save_checkpoint(d: str, model: nn.Module, names: list[str], opt, sched, scaler, epoch: int,
@@ -465,7 +551,7 @@ def make_optimizer(phase: Phase, ft) -> tuple[torch.optim.Optimizer, torch.optim
     """SGD(momentum) or AdamW over the phase's trainable parameters, with warm-up + cosine per step."""
     params = [p for p in phase.model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("nothing to train: every parameter is frozen (check finetune.peft and finetune.head)")
+        raise ConfigurationError("nothing to train: every parameter is frozen (check finetune.peft and finetune.head)")
     if ft.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay)
     else:
@@ -521,21 +607,47 @@ def splits_with(splits: DataSplits, split: str, transform) -> Dataset:
     return getattr(splits, split).with_transform(transform)
 
 
-def make_transforms(backbone: Backbone, augment: bool) -> tuple[Callable, Callable]:
+def make_transforms(backbone: Backbone, augment: bool, eval_transform: str = "center") -> tuple[Callable, Callable]:
     """(train, eval) per-image transforms: uint8 [3, H, W] -> uint8 [3, size, size].
 
-    Scaling to [0, 1] and normalising happen on the whole batch, in the model (``InputNorm``), so a
-    worker moves uint8 to the device and an image already at the right size costs nothing.
+    Train: RandomResizedCrop(size) + horizontal flip (LIFT's), or the eval transform without
+    ``augment``. Eval: ``center`` = Resize(size) + CenterCrop(size) (an image already at size x size
+    passes unchanged); ``lift`` = LIFT's Resize(size * 8 // 7) + CenterCrop(size) (shijxcs/LIFT
+    trainer.py, the test transform without test-time ensembling). Scaling to [0, 1] and normalising
+    happen on the whole batch, in the model (``InputNorm``), so a worker moves uint8 to the device.
     """
     size = backbone.image_size
-    fit = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+    if eval_transform == "lift":
+        eval_tf: Callable = v2.Compose([v2.Resize(size * 8 // 7, antialias=True), v2.CenterCrop(size)])
+    elif eval_transform == "center":
+        fit = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
 
-    def eval_tf(img: torch.Tensor) -> torch.Tensor:
-        return img if tuple(img.shape[-2:]) == (size, size) else fit(img)
-
+        def eval_tf(img: torch.Tensor) -> torch.Tensor:
+            return img if tuple(img.shape[-2:]) == (size, size) else fit(img)
+    else:
+        raise ValueError(f"finetune.eval_transform {eval_transform!r} is unknown; use center or lift")
     if not augment:
         return eval_tf, eval_tf
     return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]), eval_tf
+
+
+class TestCrops:
+    """LIFT's test-time ensembling input: Resize(size + expand), then FiveCrop or TenCrop(size),
+    stacked to uint8 [n, 3, size, size] (shijxcs/LIFT trainer.py, tte_mode fivecrop / tencrop)."""
+
+    def __init__(self, size: int, crops: int, expand: int) -> None:
+        self.resize = v2.Resize(size + expand, antialias=True)
+        self.crop = v2.FiveCrop(size) if crops == 5 else v2.TenCrop(size)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return torch.stack(list(self.crop(self.resize(img))))
+
+
+def make_test_transform(backbone: Backbone, ft) -> Callable:
+    """The test split's transform: the eval transform, or ``TestCrops`` when finetune.test_crops > 1."""
+    if ft.test_crops == 1:
+        return make_transforms(backbone, False, ft.eval_transform)[1]
+    return TestCrops(backbone.image_size, ft.test_crops, ft.crop_expand)
 
 
 class InputNorm(nn.Module):
@@ -577,7 +689,7 @@ def parse_fault(fault: str | None) -> dict[str, int]:
     kind, _, n = fault.partition(":")
     names = {"nan_at_epoch": "nan", "crash_at_epoch": "crash"}
     if kind not in names or not n.isdigit():
-        raise ValueError(f"runtime.fault {fault!r} is not understood; use nan_at_epoch:N or crash_at_epoch:N")
+        raise ConfigurationError(f"runtime.fault {fault!r} is not understood; use nan_at_epoch:N or crash_at_epoch:N")
     return {names[kind]: int(n)}
 
 

@@ -137,7 +137,7 @@ def _config(ir: float, method: str, seed: int, **over: object) -> dict:
         "dataset": {"name": "toy_lt", "imbalance_ratio": ir, "num_classes": C, "val_per_class": VAL_PER_CLASS},
         "method": {"name": method, "tau": 1.0},
         "finetune": {"peft": "linear", "head": "linear", "epochs": EPOCHS},
-        "seed": seed, "seeds": list(SEEDS),
+        "seed": seed, "replicates": [{"finetune": s} for s in SEEDS],
     }).model_dump(mode="json")
     flat = trial_params(cfg)  # what platform.tracking logs: only the params the method reads
     flat.update(over)

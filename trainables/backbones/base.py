@@ -20,6 +20,9 @@ class Backbone:
         embeddings of the prompts; toy: the pre-training head), used for zero-shot evaluation,
         text-initialised heads and the GLA prior estimate. None when the model has none.
     zero_shot_normalize: True when zero-shot logits are scale * cos(features, weight) (CLIP).
+    zero_shot_projection: [feature_dim, D_text] when the encoder's features live before the model's
+        image projection (open_clip, as LIFT uses them): zero-shot logits project them first, and a
+        text-initialised head maps the text embeddings back, normalize(weight @ projection.T) (LIFT).
     true_prior: the known pre-training label prior (toy models only), for checks.
     """
 
@@ -34,6 +37,7 @@ class Backbone:
     zero_shot_bias: torch.Tensor | None = None
     zero_shot_normalize: bool = False
     zero_shot_scale: float = 1.0
+    zero_shot_projection: torch.Tensor | None = None
     true_prior: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
@@ -42,6 +46,8 @@ class Backbone:
         if self.zero_shot_weight is None:
             raise ValueError("this backbone has no zero-shot classifier")
         w = self.zero_shot_weight.to(features.device, features.dtype)
+        if self.zero_shot_projection is not None:
+            features = features @ self.zero_shot_projection.to(features.device, features.dtype)
         if self.zero_shot_normalize:
             out = self.zero_shot_scale * nn.functional.normalize(features, dim=-1) @ nn.functional.normalize(w, dim=-1).T
         else:

@@ -4,8 +4,10 @@ The folders are read exactly as torchvision's ``CIFAR10`` / ``CIFAR100`` read th
 ``encoding='latin1'``, keys ``data`` [N, 3072] uint8 and ``labels`` / ``fine_labels``), so a folder
 torchvision downloaded works as is. The long-tailed train split follows ``longtail_counts`` over the
 classes in their natural order; the balanced validation split comes from training images the
-long-tailed subset left unused (see ``cap_for_validation`` for the head classes); the test split is
-the official test batch.
+long-tailed subset left unused, so the train split is exactly the benchmark's (CIFAR-100-LT: 10,847 /
+12,608 / 19,573 images at IR 100 / 50 / 10) and a head class that uses all its images has fewer
+validation images or none (``validation_counts``: class 0 of CIFAR-100-LT has none at any ratio,
+class 1 has 12 at IR 10); the test split is the official test batch.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import torch
 from trainables.config import DatasetConfig, RuntimeConfig
 from trainables.data import DATASETS, candidate_roots
 from trainables.data.base import DataSplits, LabeledImages
-from trainables.data.longtail import (cap_for_validation, first_per_class, group_reference,
-                                      longtail_counts, longtail_indices)
+from trainables.data.longtail import (first_per_class, group_reference, longtail_counts,
+                                      longtail_indices, validation_counts)
 
 
 @dataclass(frozen=True)
@@ -146,12 +148,9 @@ def build_cifar_lt(fmt: CifarFormat, cfg: DatasetConfig, runtime: RuntimeConfig)
 
     available = np.bincount(y_train, minlength=C)
     n_max = int(available.min())  # 5000 (CIFAR-10) / 500 (CIFAR-100): the benchmark's head count
-    standard = longtail_counts(n_max, C, cfg.imbalance_ratio, cfg.profile)
-    counts = cap_for_validation(standard, available, cfg.val_per_class)
-    if counts.min() < 1:
-        raise ValueError(f"dataset.val_per_class={cfg.val_per_class} leaves no training image for some "
-                         f"class of {cfg.name} ({n_max} per class); lower it")
-    val_n = cfg.val_per_class if cfg.limit_per_class is None else min(cfg.val_per_class, cfg.limit_per_class)
+    counts = longtail_counts(n_max, C, cfg.imbalance_ratio, cfg.profile)
+    val_cap = cfg.val_per_class if cfg.limit_per_class is None else min(cfg.val_per_class, cfg.limit_per_class)
+    val_n = validation_counts(counts, available, val_cap)
     train_idx, val_idx = longtail_indices(y_train, counts, cfg.split_seed, val_n)
     test_idx = first_per_class(y_test, cfg.limit_per_class)
 
@@ -164,9 +163,8 @@ def build_cifar_lt(fmt: CifarFormat, cfg: DatasetConfig, runtime: RuntimeConfig)
         class_names=names, train_counts=counts, group_counts=group_counts, group_rule=group_rule,
         meta={"source": str(folder), "n_max": n_max,
               "imbalance_ratio": float(counts.max() / counts.min()),
-              # head classes that gave images to the validation split: class -> (benchmark, used)
-              "capped_for_val": {int(c): (int(standard[c]), int(counts[c]))
-                                 for c in np.flatnonzero(counts < standard)}})
+              # classes with fewer validation images than val_per_class: class -> images (head classes)
+              "short_validation": {int(c): int(val_n[c]) for c in np.flatnonzero(val_n < val_cap)}})
 
 
 @DATASETS.register("cifar10_lt")

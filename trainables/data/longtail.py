@@ -42,43 +42,44 @@ def longtail_counts(n_max: int, num_classes: int, imbalance_ratio: float,
 
 
 def longtail_indices(labels: np.ndarray, counts: np.ndarray, seed: int,
-                     val_per_class: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                     val_per_class: int | np.ndarray = 0) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) indices into ``labels``: per class, a seeded shuffle of its indices gives the
-    first ``counts[c]`` to train and the last ``val_per_class`` to val.
+    first ``counts[c]`` to train and the last ``val_per_class`` (an int, or one count per class) to val.
 
-    Taking val from the end of the shuffle keeps it the same for every imbalance ratio (same seed)
-    and disjoint from train. Both index arrays are sorted. ValueError naming the class when it has
-    fewer than ``counts[c] + val_per_class`` images.
+    Taking val from the end of the shuffle keeps it the same for every imbalance ratio (same seed;
+    a smaller per-class count takes a suffix of the larger one) and disjoint from train. Both index
+    arrays are sorted. ValueError naming the class when it has fewer than ``counts[c] + val[c]`` images.
     """
     labels = np.asarray(labels, dtype=np.int64)
     counts = np.asarray(counts, dtype=np.int64)
+    val_n = np.broadcast_to(np.asarray(val_per_class, dtype=np.int64), counts.shape)
     rng = np.random.default_rng(seed)
     train, val = [], []
-    for c, n in enumerate(counts):
+    for c, (n, v) in enumerate(zip(counts, val_n)):
         idx = np.flatnonzero(labels == c)
-        if len(idx) < n + val_per_class:
+        if len(idx) < n + v:
             raise ValueError(
                 f"class {c} has {len(idx)} images but needs {n} for the long-tailed train split "
-                f"+ {val_per_class} for validation; lower dataset.val_per_class or the class count")
+                f"+ {v} for validation; lower dataset.val_per_class or the class count")
         idx = rng.permutation(idx)
         train.append(idx[:n])
-        if val_per_class:
-            val.append(idx[len(idx) - val_per_class:])
+        if v:
+            val.append(idx[len(idx) - v:])
     empty = np.zeros(0, dtype=np.int64)
     return (np.sort(np.concatenate(train)) if train else empty,
             np.sort(np.concatenate(val)) if val else empty)
 
 
-def cap_for_validation(counts: np.ndarray, available: np.ndarray, val_per_class: int) -> np.ndarray:
-    """``counts`` capped so that every class keeps ``val_per_class`` unused images for validation.
+def validation_counts(counts: np.ndarray, available: np.ndarray, val_per_class: int) -> np.ndarray:
+    """Validation images per class when validation may only use training images the long-tailed
+    split leaves unused: min(val_per_class, available - counts), never below 0.
 
-    A benchmark's head classes use every training image (CIFAR-100-LT: class 0 has 500 of 500), so an
-    honest validation split from unused training images must take them from the head; only classes
-    with counts[c] > available[c] - val_per_class lose images (CIFAR-100-LT, exp, IR 100,
-    val_per_class 20: class 0 keeps 480; the tail is unchanged).
+    The benchmark's train counts stay exact, so a head class that uses every image it has gets a
+    smaller validation share or none (CIFAR-100-LT, exp: class 0 keeps all 500 images at every
+    ratio and has no validation image; at IR 10 class 1 uses 488 of 500 and has 12).
     """
-    return np.minimum(np.asarray(counts, dtype=np.int64),
-                      np.asarray(available, dtype=np.int64) - val_per_class)
+    spare = np.asarray(available, dtype=np.int64) - np.asarray(counts, dtype=np.int64)
+    return np.clip(spare, 0, val_per_class).astype(np.int64)
 
 
 def d_groups(group_counts: np.ndarray) -> np.ndarray:

@@ -3,7 +3,8 @@
 
 A split file holds one ``relative/path label`` line per image (paths relative to the data root;
 blank lines and lines starting with ``#`` are skipped). Class names come from ``cfg.classnames``
-(one per line) or are ``class_<i>``. These benchmarks ship a long-tailed train split, so
+(``trainables.data.names``: one per line, LIFT's ``<id> <name>`` lines or iNaturalist's
+categories.json), else from the list shipped for the benchmark, else are placeholders ``class_<i>``. These benchmarks ship a long-tailed train split, so
 ``imbalance_ratio`` and ``profile`` do not apply: the train split is used as is, and val is the
 official (balanced) val split. iNaturalist 2018 has no separate test split; like OLTR, LIFT and GLA
 we report on its val split, which is then also the default val split: ``meta['val_equals_test']``
@@ -24,6 +25,7 @@ from trainables.config import DatasetConfig, RuntimeConfig
 from trainables.data import DATASETS, candidate_roots
 from trainables.data.base import DataSplits, LabeledImages
 from trainables.data.longtail import first_per_class, group_reference
+from trainables.data.names import read_class_names_file, shipped_path
 
 
 @dataclass(frozen=True)
@@ -112,13 +114,20 @@ def _find_root(cfg: DatasetConfig, runtime: RuntimeConfig, train_file: str) -> P
 
 
 def read_class_names(cfg: DatasetConfig, root: Path, max_label: int) -> list[str]:
-    """Names from ``cfg.classnames`` or ``class_<i>``; the class count must cover every label."""
+    """Names from ``cfg.classnames`` (any format ``trainables.data.names`` reads; a relative path is
+    looked up under the data root), else the benchmark's shipped list, else ``class_<i>``
+    placeholders; the class count must cover every label."""
+    shipped = shipped_path(cfg.name)
     if cfg.classnames:
         path = _resolve(root, cfg.classnames)
         if not path.is_file():
-            raise FileNotFoundError(f"dataset.classnames file {path} not found")
-        names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            raise FileNotFoundError(f"dataset.classnames file {path} not found; give a path (absolute, or "
+                                    f"relative to the data root {root}) or leave it unset")
+        names = read_class_names_file(path)
         source = f"{path} ({len(names)} names)"
+    elif shipped is not None:
+        names = read_class_names_file(shipped)
+        source = f"the shipped list {shipped.name} ({len(names)} names)"
     else:
         names = [f"class_{i}" for i in range(cfg.num_classes or max_label + 1)]
         source = f"dataset.num_classes={cfg.num_classes}"

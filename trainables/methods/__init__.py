@@ -4,16 +4,18 @@ Interface
 ---------
 ``Method(name, kind, ...)`` with ``kind`` one of
 
-- ``"train"``: a training loss. ``method.make_loss(cfg, train_counts, epochs, q_hat) -> LossFn`` and
+- ``"train"``: a training loss. ``method.make_loss(cfg, train_counts, epochs, q_hat, logit_scale) -> LossFn``
+  (``logit_scale``: the scale the head's logits already carry, the cosine head's; LDAM's margins use it) and
   ``loss_fn(logits [B, C], labels [B], epoch) -> scalar tensor`` (``epoch`` counts from 0; only
   schedules such as LDAM-DRW use it). The loss is computed in float32 whatever the logits' dtype.
   ``two_phase=True`` (cRT) tells the loop to run stage A with this loss and then retrain the head on
   frozen features with class-balanced sampling for ``cfg.crt_epochs`` epochs, with the same loss.
   Methods: ce, focal, cb, ldam_drw, bs, la, gla_train, crt (``losses.py``).
 - ``"posthoc"``: a correction of a trained model's logits.
-  ``method.adjust(logits, cfg, train_counts, q_hat) -> logits`` (numpy in, numpy out; torch in,
-  torch out). The logits come from a stage-1 run of ``cfg.base_method``.
-  Methods: posthoc_la, gla (``posthoc.py``).
+  ``method.adjust(logits, cfg, train_counts, q_hat, zeroshot) -> logits`` (numpy in, numpy out; torch
+  in, torch out). The logits come from a stage-1 run of ``cfg.base_method``; ``zeroshot`` are the
+  backbone's calibrated zero-shot logits of the same examples (z_zs / T, from the stage-1 cache),
+  which ``needs_zeroshot`` methods (gla) add. Methods: posthoc_la, posthoc_prior, gla (``posthoc.py``).
 - ``"ensemble"``: combines several stage-1 runs (``backdoor``, registered by
   ``trainables/methods/backdoor.py``, which this package imports when the file exists). Its
   interface is that module's own; ``make_loss`` / ``adjust`` are not used.
@@ -45,8 +47,9 @@ class LossFn(Protocol):
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor: ...
 
 
-LossFactory = Callable[[MethodConfig, np.ndarray, int, "np.ndarray | None"], LossFn]
-AdjustFn = Callable[[torch.Tensor, MethodConfig, np.ndarray, "np.ndarray | None"], torch.Tensor]
+LossFactory = Callable[[MethodConfig, np.ndarray, int, "np.ndarray | None", float], LossFn]
+AdjustFn = Callable[[torch.Tensor, MethodConfig, np.ndarray, "np.ndarray | None", "torch.Tensor | None"],
+                    torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -59,27 +62,35 @@ class Method:
     adjust_fn: AdjustFn | None = None
     two_phase: bool = False
     needs_prior: bool = False
+    needs_zeroshot: bool = False
     params: tuple[str, ...] = ()  # the MethodConfig fields this method reads (all that enter a cache key)
     doc: str = ""
 
     def make_loss(self, cfg: MethodConfig, train_counts: np.ndarray, epochs: int,
-                  q_hat: np.ndarray | None = None) -> LossFn:
+                  q_hat: np.ndarray | None = None, logit_scale: float = 1.0) -> LossFn:
         """The training loss of a ``train`` method."""
         if self.loss_factory is None:
             raise ValueError(f"method {self.name!r} is a {self.kind} method and has no training loss; "
                              f"train its base method ({cfg.base_method!r}) instead")
         self._check_prior(q_hat, len(train_counts))
-        return self.loss_factory(cfg, np.asarray(train_counts), epochs, q_hat)
+        return self.loss_factory(cfg, np.asarray(train_counts), epochs, q_hat, logit_scale)
 
     def adjust(self, logits: ArrayLike, cfg: MethodConfig, train_counts: np.ndarray,
-               q_hat: np.ndarray | None = None) -> ArrayLike:
+               q_hat: np.ndarray | None = None, zeroshot: ArrayLike | None = None) -> ArrayLike:
         """The corrected logits of a ``posthoc`` method (same type as ``logits``)."""
         if self.adjust_fn is None:
             raise ValueError(f"method {self.name!r} is a {self.kind} method and has no post-hoc adjustment")
         self._check_prior(q_hat, len(train_counts))
-        if isinstance(logits, torch.Tensor):
-            return self.adjust_fn(logits, cfg, np.asarray(train_counts), q_hat)
-        return self.adjust_fn(torch.as_tensor(np.asarray(logits)), cfg, np.asarray(train_counts), q_hat).numpy()
+        if self.needs_zeroshot and (zeroshot is None or tuple(np.shape(zeroshot)) != tuple(np.shape(logits))):
+            raise ValueError(f"method {self.name!r} adds the backbone's zero-shot logits of the same examples "
+                             f"(shape {tuple(np.shape(logits))}); got "
+                             f"{None if zeroshot is None else tuple(np.shape(zeroshot))}. The stage-1 cache "
+                             f"entry has none when the backbone has no zero-shot classifier; use posthoc_la")
+        z = logits if isinstance(logits, torch.Tensor) else torch.as_tensor(np.asarray(logits))
+        zs = None if zeroshot is None else torch.as_tensor(np.asarray(zeroshot) if not isinstance(
+            zeroshot, torch.Tensor) else zeroshot).to(z.device, z.dtype)
+        out = self.adjust_fn(z, cfg, np.asarray(train_counts), q_hat, zs)
+        return out if isinstance(logits, torch.Tensor) else out.numpy()
 
     def _check_prior(self, q_hat: np.ndarray | None, num_classes: int) -> None:
         if not self.needs_prior:

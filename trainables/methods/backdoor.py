@@ -2,39 +2,44 @@
 
 Each stratum c is one foundation model (an "incomplete semantic factor"), fine-tuned on its own
 as a stage-1 trial. The adjusted score is ``sum_c w_c * f_c(x)`` where ``f_c`` is the stratum's
-(optionally debiased) output in logit, probability or log-probability space and ``w`` is P(c):
+(optionally debiased) output in logit, probability or log-probability space and ``w`` comes from
+a registered weighting rule (``trainables.methods.weighting``: uniform, searched, fitted,
+reliability). Only validation logits and labels are used to fit or select anything; test logits are
+scored once with the weights the validation split chose.
 
-- ``uniform``: w_c = 1/M, the paper's choice;
-- ``searched``: raw non-negative weights proposed by the study's searcher, normalised to the simplex;
-- ``fitted``: weights on the simplex fitted on the *validation* split (minimum NLL from uniform;
-  the fitted weights are kept only when their validation accuracy is at least uniform's, so
-  fitting never does worse on validation than uniform);
-- ``bias_conditional``: class-conditional weights from each stratum's estimated pre-training prior
-  q_c: w_{c,y} = softmax_c(-T * log q_c(y)), so a stratum that saw class y rarely counts more for
-  y (T = ``bias_temperature``; T -> 0 gives uniform). Its effect is measured, not assumed.
+The comparison that answers the paper's claim (``run_backdoor``): every trial also scores the
+single-model baselines (``backdoor.baselines``, e.g. ce / la / gla) on *every* pool member, per
+replicate, and reports
 
-Only validation logits and labels are used to fit or select anything; test logits are scored once
-with the weights the validation split chose.
+- ``baseline/best_single/<metric>``: test metrics of the single model (member x baseline method)
+  with the best validation accuracy in this replicate (chosen on validation, within the cell);
+- ``baseline/mean_single/<metric>``: the mean test metric over all those single models;
+- ``gain/test/<metric>`` = backdoor - best single, paired over replicates (``trainables.stats.
+  paired_interval``: Student-t over replicates with >= 3 replicates, else a paired bootstrap over
+  test images for ``acc``), with ``_lo`` / ``_hi`` (95 % interval) and ``_std`` (sample s.d. of
+  the per-replicate differences);
+- ``backdoor/M`` (strata used), ``backdoor/w<i>`` (mean weight of stratum i), ``pool/prior_spearman``
+  (mean pairwise Spearman correlation of the strata's true pre-training priors; 1 = same prior).
 """
-
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
+from typing import Callable
 
 import numpy as np
-import torch
 
-from trainables.methods import Method, log_prior, log_train_prior, register
-from trainables.stats import summarize_metrics
+from trainables.config import BackboneConfig, MethodConfig, TrialConfig, apply_replicate
+from trainables.methods import Method, get_method, log_prior, log_train_prior, register
+from trainables.methods.weighting import (WeightingInput, accuracy, aggregate, log_softmax,  # noqa: F401
+                                          normalise_weights, uniform_weights, weights_for)
+from trainables.stats import paired_interval, summarize, summarize_metrics
 
-_EPS = 1e-12
-
-
-def log_softmax(z: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax in float64."""
-    z = np.asarray(z, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+GAIN_METRICS = ("acc", "bal_acc", "p_few", "p_true_few")
+"""Test metrics whose backdoor - best-single difference is reported as ``gain/test/<metric>``."""
+BASELINE_METRICS = ("acc", "bal_acc", "p_many", "p_medium", "p_few", "p_true_many", "p_true_medium",
+                    "p_true_few")
 
 
 def debias(logits: np.ndarray, mode: str, train_counts: np.ndarray, q_hat: np.ndarray | None,
@@ -67,92 +72,6 @@ def check_not_double_corrected(debias_mode: str, trained_with: str, field: str, 
                          f"set {method_field} to ce (or another unadjusted loss), or drop the post-hoc step")
 
 
-def aggregate(strata: list[np.ndarray], weights: np.ndarray, space: str = "logit") -> np.ndarray:
-    """Adjusted scores [N, C] from M strata outputs [N, C] and weights [M] or [M, C].
-
-    logit: sum_c w_c z_c; logprob: sum_c w_c log softmax(z_c);
-    prob: log sum_c w_c softmax(z_c) (log so that scores stay comparable across spaces).
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    if w.ndim == 1:
-        w = w[:, None]
-    if len(strata) != w.shape[0]:
-        raise ValueError(f"{len(strata)} strata but {w.shape[0]} weights")
-    if space == "logit":
-        return sum(wc[None, :] * np.asarray(z, dtype=np.float64) for wc, z in zip(w, strata))
-    if space == "logprob":
-        return sum(wc[None, :] * log_softmax(z) for wc, z in zip(w, strata))
-    if space == "prob":
-        p = sum(wc[None, :] * np.exp(log_softmax(z)) for wc, z in zip(w, strata))
-        return np.log(p + _EPS)
-    raise ValueError(f"unknown backdoor.aggregation {space!r}; expected logit, prob or logprob")
-
-
-def uniform_weights(m: int) -> np.ndarray:
-    """P(c) = 1/M, the paper's weighting."""
-    return np.full(m, 1.0 / m)
-
-
-def normalise_weights(raw: list[float] | np.ndarray) -> np.ndarray:
-    """Non-negative raw weights -> the simplex; all-zero raw weights become uniform."""
-    w = np.clip(np.asarray(raw, dtype=np.float64), 0.0, None)
-    total = w.sum()
-    return w / total if total > 0 else uniform_weights(len(w))
-
-
-def bias_conditional_weights(q_hats: list[np.ndarray], temperature: float) -> np.ndarray:
-    """Class-conditional weights [M, C]: w_{c,y} = softmax_c(-T * log q_c(y))."""
-    logq = np.log(np.stack([np.asarray(q, dtype=np.float64) for q in q_hats]) + _EPS)
-    a = -temperature * logq
-    a = a - a.max(axis=0, keepdims=True)
-    w = np.exp(a)
-    return w / w.sum(axis=0, keepdims=True)
-
-
-def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy of scores [N, C]."""
-    return float((np.asarray(scores).argmax(1) == np.asarray(labels)).mean())
-
-
-def fit_weights(val_strata: list[np.ndarray], val_labels: np.ndarray, space: str = "logit",
-                max_iter: int = 50) -> np.ndarray:
-    """Weights on the simplex fitted on the validation split; never worse than uniform on it.
-
-    Minimises the NLL of softmax(aggregate(strata, softmax(theta))) from theta = 0 (uniform) with
-    L-BFGS (a smooth problem in M - 1 dimensions), then keeps the fitted weights only if their
-    validation accuracy >= uniform's.
-    """
-    m = len(val_strata)
-    uniform = uniform_weights(m)
-    if m == 1:
-        return uniform
-    if space == "logit":
-        comps = [np.asarray(z, dtype=np.float64) for z in val_strata]
-    elif space == "logprob":
-        comps = [log_softmax(z) for z in val_strata]
-    else:
-        comps = [np.exp(log_softmax(z)) for z in val_strata]
-    x = torch.tensor(np.stack(comps), dtype=torch.float64)  # [M, N, C]
-    y = torch.as_tensor(np.asarray(val_labels), dtype=torch.long)
-    theta = torch.zeros(m, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        s = torch.einsum("m,mnc->nc", torch.softmax(theta, 0), x)
-        if space == "prob":
-            s = torch.log(s + _EPS)
-        loss = torch.nn.functional.cross_entropy(s, y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    fitted = torch.softmax(theta.detach(), 0).numpy()
-    acc_fit = accuracy(aggregate(val_strata, fitted, space), val_labels)
-    acc_uni = accuracy(aggregate(val_strata, uniform, space), val_labels)
-    return fitted if acc_fit >= acc_uni else uniform
-
-
 def strata_plan(cfg, seed: int) -> list[tuple[object, int]]:
     """The (backbone config, stage-1 seed) of every stratum a backdoor trial combines.
 
@@ -178,79 +97,131 @@ def strata_plan(cfg, seed: int) -> list[tuple[object, int]]:
     return [(pool[i], seed) for i in idx]
 
 
-def stratum_weights(cfg, val_outputs: list[np.ndarray], val_labels: np.ndarray,
-                    q_hats: list[np.ndarray | None], strata_idx: list[int]) -> np.ndarray:
-    """P(c) for the chosen weighting, from validation data only: [M] or [M, C]."""
-    bd = cfg.backdoor
-    m = len(val_outputs)
-    if bd.weighting == "uniform":
-        return uniform_weights(m)
-    if bd.weighting == "searched":
-        if bd.weights is None:
-            raise ValueError("backdoor.weighting = 'searched' needs backdoor.weights (one raw weight per "
-                             "pool member); search it with {simplex: <pool size>}")
-        raw = [bd.weights[i] if i < len(bd.weights) else 0.0 for i in strata_idx]
-        return normalise_weights(raw)
-    if bd.weighting == "fitted":
-        return fit_weights(val_outputs, val_labels, bd.aggregation)
-    if bd.weighting == "bias_conditional":
-        if any(q is None for q in q_hats):
-            raise ValueError("backdoor.weighting = 'bias_conditional' needs every stratum's estimated "
-                             "pre-training prior; a backbone has no zero-shot classifier")
-        return bias_conditional_weights(q_hats, bd.bias_temperature)
-    raise ValueError(f"unknown backdoor.weighting {bd.weighting!r}")
+def baseline_plan(cfg: TrialConfig) -> list[tuple[int, BackboneConfig, MethodConfig, MethodConfig]]:
+    """(pool index, backbone, stage-1 training method, baseline method) of every single model.
+
+    A training baseline (ce, la, ...) is its own stage-1 fine-tune; a post-hoc one (gla,
+    posthoc_la) corrects the stage-1 fine-tune of its ``base_method``.
+    """
+    pool = cfg.pool or [cfg.backbone]
+    out = []
+    for i, bb in enumerate(pool):
+        for m in cfg.backdoor.baselines:
+            kind = get_method(m.name).kind
+            if kind == "ensemble":
+                raise ValueError(f"backdoor.baselines: {m.name!r} is not a single-model method; use "
+                                 "training (ce, la, ...) or post-hoc (gla, posthoc_la) methods")
+            train = m if kind == "train" else m.model_copy(update={"name": m.base_method})
+            out.append((i, bb, train, m))
+    return out
 
 
-def run_backdoor(cfg, stage1, compute_metrics) -> tuple[dict, object]:
-    """Evaluate one backdoor configuration on every seed of ``cfg.seeds``.
+def single_outputs(r, method: MethodConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(val, test) scores of one single-model baseline from its stage-1 result."""
+    m = get_method(method.name)
+    if m.kind == "train":
+        return r.val_logits, r.test_logits
+    check_not_double_corrected(method.name, method.base_method, "backdoor.baselines[].name",
+                               "backdoor.baselines[].base_method")
+    return tuple(np.asarray(m.adjust(np.asarray(z), method, r.train_counts, r.q_hat))  # type: ignore[return-value]
+                 for z in (r.val_logits, r.test_logits))
 
-    Returns (mean and std metrics over seeds, the first seed's stage-1 result with its logits
-    replaced by the adjusted scores, for the trial's artifacts).
 
-    ``stage1(backbone, method, seed)`` returns a cached stage-1 result (fine-tuning it when
-    missing); ``compute_metrics(logits, labels, group_counts, q_hat, split)`` scores a split.
-    Weights are chosen on validation; test is scored once with those weights. P-groups use the
-    trial's own backbone's q_hat so that every method in a cell is grouped the same way.
+def mean_pairwise_spearman(priors: list[np.ndarray | None]) -> float:
+    """Mean Spearman correlation over pairs of the strata's true priors (NaN if unknown or M < 2)."""
+    from trainables.metrics import spearman
+
+    known = [p for p in priors if p is not None]
+    if len(known) < 2 or len(known) != len(priors):
+        return math.nan
+    return float(np.mean([spearman(a, b) for a, b in itertools.combinations(known, 2)]))
+
+
+def run_backdoor(cfg: TrialConfig, stage1: Callable, compute_metrics: Callable) -> tuple[dict, object, list[dict]]:
+    """Evaluate one backdoor configuration on every replicate of ``cfg.replicates``.
+
+    Returns (metrics: mean and sample s.d. over replicates plus the paired gains, the first
+    replicate's stage-1 result with its logits replaced by the adjusted scores (for the artifacts),
+    per-replicate details for ``replicates.json``).
+
+    ``stage1(trial_cfg, backbone, method, seed)`` returns a cached stage-1 result of the replicate's
+    config (fine-tuning it when missing); ``compute_metrics(logits, labels, group_counts, q_hat,
+    split, true_prior)`` scores a split. P-groups use the trial's own backbone's q_hat (and true
+    prior) so that every method in a cell is grouped the same way.
     """
     bd = cfg.backdoor
-    per_seed: list[dict] = []
+    check_not_double_corrected(bd.debias, bd.stratum_method.name, "backdoor.debias", "backdoor.stratum_method")
+    per_rep: list[dict] = []
+    details: list[dict] = []
+    correct_bd: list[np.ndarray] = []
+    correct_best: list[np.ndarray] = []
     weights_log: list[np.ndarray] = []
     adjusted = None
-    for seed in cfg.seeds:
-        plan = strata_plan(cfg, seed)
-        results = [stage1(bb, bd.stratum_method, s) for bb, s in plan]
+    for rep in cfg.replicates:
+        rc = apply_replicate(cfg, rep)
+        plan = strata_plan(rc, rc.seed)
+        results = [stage1(rc, bb, bd.stratum_method, s) for bb, s in plan]
         ref = results[0]
-        own = [r for (bb, s), r in zip(plan, results) if bb == cfg.backbone and s == seed]
-        ref_q = own[0].q_hat if own else stage1(cfg.backbone, bd.stratum_method, seed).q_hat
+        own = stage1(rc, rc.backbone, bd.stratum_method, rc.seed)
+        ref_q, ref_true = own.q_hat, own.true_prior
         tau = bd.stratum_method.tau
-        check_not_double_corrected(bd.debias, bd.stratum_method.name, "backdoor.debias", "backdoor.stratum_method")
         val_out = [debias(r.val_logits, bd.debias, r.train_counts, r.q_hat, tau) for r in results]
         test_out = [debias(r.test_logits, bd.debias, r.train_counts, r.q_hat, tau) for r in results]
         # pool positions of the strata (the seeds control has no pool positions: 0..M-1)
         strata_idx = bd.strata if bd.strata is not None and bd.strata_source == "pool" else list(range(len(plan)))
-        w = stratum_weights(cfg, val_out, ref.val_labels, [r.q_hat for r in results], list(strata_idx))
+        inp = WeightingInput(val_out, ref.val_labels, bd.aggregation, bd.weights, list(strata_idx),
+                             bd.reliability_shrinkage)
+        weighted = weights_for(bd.weighting, inp, test_out)
+        w = weighted.weights
         weights_log.append(w if w.ndim == 1 else w.mean(axis=1))
-        val_scores = aggregate(val_out, w, bd.aggregation)
-        test_scores = aggregate(test_out, w, bd.aggregation)
-        metrics = {}
-        metrics.update(compute_metrics(val_scores, ref.val_labels, ref.group_counts, ref_q, "val"))
-        metrics.update(compute_metrics(test_scores, ref.test_labels, ref.group_counts, ref_q, "test"))
-        per_seed.append(metrics)
+
+        def score(val_scores, test_scores) -> dict:
+            return {**compute_metrics(val_scores, ref.val_labels, ref.group_counts, ref_q, "val", ref_true),
+                    **compute_metrics(test_scores, ref.test_labels, ref.group_counts, ref_q, "test", ref_true)}
+
+        metrics = score(weighted.val_scores, weighted.test_scores)
+        # Single-model baselines on every pool member: the best one is chosen on validation.
+        singles = []
+        for i, bb, train, method in baseline_plan(rc):
+            v, t = single_outputs(stage1(rc, bb, train, rc.seed), method)
+            singles.append((i, method.name, score(v, t), t))
+        best = max(range(len(singles)), key=lambda k: singles[k][2]["val/acc"])  # first on ties
+        for name in BASELINE_METRICS:
+            metrics[f"baseline/best_single/{name}"] = singles[best][2][f"test/{name}"]
+            metrics[f"baseline/mean_single/{name}"] = summarize([s[2][f"test/{name}"] for s in singles]).mean
+        metrics["pool/prior_spearman"] = mean_pairwise_spearman([r.true_prior for r in results])
+        per_rep.append(metrics)
+        correct_bd.append((weighted.test_scores.argmax(1) == ref.test_labels).astype(np.float64))
+        correct_best.append((singles[best][3].argmax(1) == ref.test_labels).astype(np.float64))
+        details.append({"replicate": rep.model_dump(), "label": rep.label(),
+                        "weights": np.asarray(w).tolist(),
+                        "best_single": {"pool_index": singles[best][0], "method": singles[best][1]},
+                        "metrics": {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}})
         if adjusted is None:
-            adjusted = dataclasses.replace(ref, val_logits=val_scores.astype(np.float32),
-                                           test_logits=test_scores.astype(np.float32), q_hat=ref_q,
-                                           history=[], metrics=metrics)
-    out = mean_and_std(per_seed)
+            adjusted = dataclasses.replace(ref, val_logits=weighted.val_scores.astype(np.float32),
+                                           test_logits=weighted.test_scores.astype(np.float32), q_hat=ref_q,
+                                           true_prior=ref_true, history=[], metrics=metrics)
+    out = mean_and_std(per_rep)
+    for name in GAIN_METRICS:
+        a = [m[f"test/{name}"] for m in per_rep]
+        b = [m[f"baseline/best_single/{name}"] for m in per_rep]
+        per_image = (correct_bd, correct_best) if name == "acc" else (None, None)
+        iv = paired_interval(a, b, *per_image)
+        diffs = [x - y for x, y in zip(a, b)]
+        sd = summarize(diffs).sd
+        out.update({f"gain/test/{name}": iv.mean, f"gain/test/{name}_lo": iv.lo,
+                    f"gain/test/{name}_hi": iv.hi, f"gain/test/{name}_std": sd})
     out["backdoor/M"] = float(len(weights_log[0]))
     for i, wi in enumerate(np.mean(weights_log, axis=0)):
         out[f"backdoor/w{i}"] = float(wi)
-    return out, adjusted
+    return out, adjusted, details
 
 
-def mean_and_std(per_seed: list[dict]) -> dict:
-    """Mean of every metric over seeds, plus ``<name>_std`` (sample s.d., trainables.stats) when seeds > 1."""
-    out = summarize_metrics(per_seed)
-    out["seeds"] = float(len(per_seed))
+def mean_and_std(per_replicate: list[dict]) -> dict:
+    """Mean of every metric over replicates, plus ``<name>_std`` (sample s.d., trainables.stats)
+    when there are several; ``replicates`` = their number."""
+    out = summarize_metrics(per_replicate)
+    out["replicates"] = float(len(per_replicate))
     return out
 
 

@@ -83,48 +83,56 @@ def ldam_margins(train_counts: np.ndarray, max_margin: float) -> torch.Tensor:
     return torch.from_numpy(m * (max_margin / m.max())).float()
 
 
-def _ce(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None) -> LossFn:
+def _ce(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
+        logit_scale: float) -> LossFn:
     """ce: mean_i -log softmax(z_i)_{y_i}."""
     return ShiftedCE()
 
 
-def _focal(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None) -> LossFn:
+def _focal(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
+        logit_scale: float) -> LossFn:
     """focal: mean_i -(1 - p_i)^gamma log p_i with p_i = softmax(z_i)_{y_i}; gamma = 0 is CE."""
     return FocalLoss(cfg.gamma)
 
 
-def _cb(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None) -> LossFn:
+def _cb(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
+        logit_scale: float) -> LossFn:
     """cb: class-balanced CE, sum_i w_{y_i} CE_i / sum_i w_{y_i}, w_c = (1 - beta) / (1 - beta^n_c)
     normalised to sum C; beta = 0 is CE."""
     return WeightedCE(class_balanced_weights(train_counts, cfg.beta))
 
 
-def _ldam_drw(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None) -> LossFn:
-    """ldam_drw: CE(z - s * m_y * onehot(y)) with m_c = ldam_max_margin * (n_min / n_c)^(1/4) and
-    s = ldam_scale; from epoch floor(drw_epoch_frac * epochs) (0-based) on, weighted by the cb weights
-    with beta. The margin is scaled by s and the logits are not, because our heads already scale their
-    logits (the cosine head: cosine_scale * cos), as in LIFT's LDAM."""
-    return LDAMDRWLoss(ldam_margins(train_counts, cfg.ldam_max_margin), cfg.ldam_scale,
+def _ldam_drw(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
+        logit_scale: float) -> LossFn:
+    """ldam_drw: CE(z - s * m_y * onehot(y)) with m_c = ldam_max_margin * (n_min / n_c)^(1/4) and s the
+    scale the head's logits already carry (finetune.cosine_scale for cosine and text heads, 1 for a
+    linear head): one shared scale, as in LIFT's LDAM (utils/losses.py, s = cfg.scale = 25). From epoch
+    floor(drw_epoch_frac * epochs) (0-based) on, weighted by the cb weights with beta (LDAM-DRW)."""
+    return LDAMDRWLoss(ldam_margins(train_counts, cfg.ldam_max_margin), logit_scale,
                        class_balanced_weights(train_counts, cfg.beta), math.floor(cfg.drw_epoch_frac * epochs))
 
 
-def _bs(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None) -> LossFn:
+def _bs(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
+        logit_scale: float) -> LossFn:
     """bs: balanced softmax, CE(z + log p_s) (Ren et al. 2020)."""
     return ShiftedCE(log_train_prior(train_counts))
 
 
-def _la(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None) -> LossFn:
+def _la(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
+        logit_scale: float) -> LossFn:
     """la: logit-adjusted loss, CE(z + tau * log p_s) (Menon et al. 2021); tau = 1 is bs."""
     return ShiftedCE(cfg.tau * log_train_prior(train_counts))
 
 
-def _gla_train(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None) -> LossFn:
+def _gla_train(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
+        logit_scale: float) -> LossFn:
     """gla_train: CE(z + tau * log p_s + log q_hat), both priors in the training loss."""
     assert q_hat is not None  # Method.make_loss checked needs_prior
     return ShiftedCE(cfg.tau * log_train_prior(train_counts) + log_prior(q_hat))
 
 
-def _crt(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None) -> LossFn:
+def _crt(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
+        logit_scale: float) -> LossFn:
     """crt: CE in both phases; the loop retrains the head on frozen features with class-balanced
     sampling for crt_epochs after stage A (Kang et al. 2020)."""
     return ShiftedCE()
@@ -133,7 +141,7 @@ def _crt(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.nda
 # (name, loss factory, the MethodConfig fields the loss reads, extra Method flags)
 for _name, _factory, _params, _extra in (
         ("ce", _ce, (), {}), ("focal", _focal, ("gamma",), {}), ("cb", _cb, ("beta",), {}),
-        ("ldam_drw", _ldam_drw, ("ldam_max_margin", "ldam_scale", "drw_epoch_frac", "beta"), {}),
+        ("ldam_drw", _ldam_drw, ("ldam_max_margin", "drw_epoch_frac", "beta"), {}),
         ("bs", _bs, (), {}), ("la", _la, ("tau",), {}),
         ("gla_train", _gla_train, ("tau",), {"needs_prior": True}),
         ("crt", _crt, ("crt_epochs",), {"two_phase": True})):

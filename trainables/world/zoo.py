@@ -49,14 +49,42 @@ BATCH_SIZE = 128
 WARMUP_FRACTION = 0.05
 
 
-def rank_to_class(num_classes: int, pre: ToyPretrainConfig) -> np.ndarray:
-    """The downstream class holding each pre-training frequency rank (rank 0 = most frequent)."""
-    if pre.alignment == "aligned":
+REFERENCE_PRIOR_SEED = 0
+"""``prior_agreement`` mixes a member's ranking with the one ``alignment`` gives at this prior seed."""
+
+
+def _alignment_ranking(num_classes: int, alignment: str, prior_seed: int) -> np.ndarray:
+    if alignment == "aligned":
         return np.arange(num_classes)
-    if pre.alignment == "reversed":
+    if alignment == "reversed":
         return np.arange(num_classes)[::-1].copy()
-    seed = pre.seed if pre.prior_seed is None else pre.prior_seed
-    return np.random.default_rng([seed, 0x5EED]).permutation(num_classes)
+    return np.random.default_rng([prior_seed, 0x5EED]).permutation(num_classes)
+
+
+def rank_to_class(num_classes: int, pre: ToyPretrainConfig) -> np.ndarray:
+    """The downstream class holding each pre-training frequency rank (rank 0 = most frequent).
+
+    Without ``prior_agreement``: ``alignment`` alone ('shuffled' draws a permutation from the
+    member's prior seed). With ``prior_agreement = rho``: a Gaussian copula. Each class y gets the
+    normal score s_ref(y) = Phi^-1((C - r_ref(y) - 0.5) / C) of its rank in the reference ranking
+    (``alignment`` at ``REFERENCE_PRIOR_SEED``), and the member ranks classes by
+    rho * s_ref(y) + sqrt(1 - rho^2) * e(y), e ~ N(0, 1) drawn from its prior seed: rho = 1 gives the
+    reference prior, 0 an independent one, -1 the reversed reference; two members with
+    agreements rho_a, rho_b have latent correlation rho_a * rho_b.
+    """
+    C = num_classes
+    if pre.prior_agreement is None:
+        return _alignment_ranking(C, pre.alignment, pre.effective_prior_seed())
+    from statistics import NormalDist
+
+    ref = _alignment_ranking(C, pre.alignment, REFERENCE_PRIOR_SEED)
+    inv = NormalDist().inv_cdf
+    s_ref = np.empty(C)
+    s_ref[ref] = [inv((C - r - 0.5) / C) for r in range(C)]
+    rho = float(pre.prior_agreement)
+    e = np.random.default_rng([pre.effective_prior_seed(), 0xC0B1A]).standard_normal(C)
+    latent = rho * s_ref + math.sqrt(max(0.0, 1.0 - rho * rho)) * e
+    return np.argsort(-latent, kind="stable")
 
 
 def pretrain_prior(world: ToyWorldConfig, pre: ToyPretrainConfig) -> np.ndarray:
@@ -163,7 +191,9 @@ def zero_shot_accuracy(model: torch.nn.Module, world: ToyWorldConfig) -> float:
 
 def zoo_key(world: ToyWorldConfig, pre: ToyPretrainConfig) -> str:
     """sha256 of everything that determines a toy model's weights."""
-    blob = json.dumps({"world": world.model_dump(exclude=_DOWNSTREAM_ONLY), "pretrain": pre.model_dump(),
+    # an unset prior_agreement is left out so that models from before the field keep their key
+    pretrain = pre.model_dump(exclude={"prior_agreement"} if pre.prior_agreement is None else None)
+    blob = json.dumps({"world": world.model_dump(exclude=_DOWNSTREAM_ONLY), "pretrain": pretrain,
                        "code": ZOO_VERSION}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
