@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from dashboards.data import StudyData
 
 #: Bumped when a column changes meaning or type; readers can check ``ltbias.export_version``.
-EXPORT_VERSION = "1"
+EXPORT_VERSION = "2"  # 2: column `group`; params only those the method reads; grid columns from the spec
 STUDY_COLUMNS = ["study", "experiment_id", "study_run_id"]
 
 

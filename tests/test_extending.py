@@ -28,7 +28,7 @@ class TemperatureCE:
         return F.cross_entropy(logits.float() / self.tau, labels)
 
 
-def _temp_ce(cfg: MethodConfig, train_counts, epochs: int, q_hat) -> TemperatureCE:
+def _temp_ce(cfg: MethodConfig, train_counts, epochs: int, q_hat, logit_scale: float) -> TemperatureCE:
     """unit_temp_ce: CE(z / tau)."""
     return TemperatureCE(cfg.tau)
 

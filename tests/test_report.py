@@ -183,7 +183,7 @@ def test_export_cli_writes_one_typed_row_per_trial(fake: FakeStudy, data: StudyD
     finished = table[table["status"] == "FINISHED"]
     assert finished["test/acc"].notna().all() and finished["test/acc"].between(0, 1).all()
     meta = pq.read_schema(out).metadata
-    assert meta[b"ltbias.export_version"] == b"1" and meta[b"ltbias.study"] == fake.name.encode()
+    assert meta[b"ltbias.export_version"] == b"2" and meta[b"ltbias.study"] == fake.name.encode()
 
 
 def test_clis_name_the_missing_study_and_exit_2(fake: FakeStudy) -> None:
