@@ -775,8 +775,8 @@ def _class_name_problems(trial: dict, kinds: dict[PathTuple, str]) -> list[tuple
     names = [("method.name", trial["method"]["name"])]
     if ensemble:
         names.append(("backdoor.stratum_method.name", trial["backdoor"]["stratum_method"]["name"]))
-        if trial["backdoor"]["debias"] == "gla":
-            needs.append("the backdoor's q_hat (debias gla)")
+        if trial["backdoor"]["debias"] == "prior":
+            needs.append("the backdoor's q_hat (debias prior)")
     needs += [f"{field} {name!r} (zero-shot logits)" for field, name in names
               if name in METHODS and getattr(METHODS.get(name), "needs_prior", False)]
     if not needs:

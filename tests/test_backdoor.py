@@ -136,16 +136,16 @@ def test_class_conditional_weights_apply_per_class():
     assert np.allclose(s[:, 0], strata[0][:, 0]) and np.allclose(s[:, 1], strata[1][:, 1])
 
 
-def test_debias_la_and_gla_subtract_the_log_priors():
+def test_debias_la_and_prior_subtract_the_log_priors():
     z = np.zeros((2, 3))
     counts = np.array([80, 15, 5])
     q = np.array([0.2, 0.3, 0.5])
     la = bd.debias(z, "la", counts, q, tau=1.0)
     assert np.allclose(la[0], -np.log(counts / counts.sum()), atol=1e-6)
-    gla = bd.debias(z, "gla", counts, q, tau=1.0)
-    assert np.allclose(gla[0] - la[0], -np.log(q), atol=1e-6)
+    pri = bd.debias(z, "prior", counts, q, tau=1.0)
+    assert np.allclose(pri[0] - la[0], -np.log(q), atol=1e-6)
     with pytest.raises(ValueError, match="zero-shot"):
-        bd.debias(z, "gla", counts, None)
+        bd.debias(z, "prior", counts, None)
 
 
 def test_searched_weights_are_normalised_onto_the_simplex():
@@ -153,7 +153,7 @@ def test_searched_weights_are_normalised_onto_the_simplex():
     assert np.allclose(bd.normalise_weights([0, 0]), [0.5, 0.5])
 
 
-@pytest.mark.parametrize("debias,trained_with", [("la", "la"), ("gla", "bs"), ("posthoc_la", "la"), ("gla", "gla_train")])
+@pytest.mark.parametrize("debias,trained_with", [("la", "la"), ("prior", "bs"), ("posthoc_la", "la"), ("prior", "gla_train")])
 def test_a_post_hoc_correction_of_an_already_adjusted_loss_is_refused(debias, trained_with):
     with pytest.raises(ValueError, match="subtracts log p_s twice"):
         bd.check_not_double_corrected(debias, trained_with, "backdoor.debias", "backdoor.stratum_method")

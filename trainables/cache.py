@@ -69,6 +69,14 @@ class Stage1Result:
     zeroshot_test_logits: np.ndarray | None = None
     zeroshot_temperature: float | None = None
 
+    def calibrated_zero_shot(self, split: str) -> np.ndarray | None:
+        """The cached zero-shot logits of ``split`` ("val" or "test") divided by GLA's temperature,
+        or None when the backbone has no zero-shot classifier."""
+        z = getattr(self, f"zeroshot_{split}_logits")
+        if z is None:
+            return None
+        return z / (self.zeroshot_temperature or 1.0)
+
 
 def stage1_key(cfg: TrialConfig) -> str:
     """sha256 of the canonical JSON of (dataset, backbone, finetune, method, seed)."""

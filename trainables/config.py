@@ -201,7 +201,7 @@ class BackdoorConfig(_Strict):
                                                    "searched, fitted, reliability")
     weights: list[float] | None = Field(None, description="'searched': raw non-negative weights per pool member")
     aggregation: Literal["logit", "prob", "logprob"] = "logit"
-    debias: Literal["none", "la", "gla"] = "none"
+    debias: Literal["none", "la", "prior"] = "none"
     stratum_method: MethodConfig = Field(default_factory=lambda: MethodConfig(name="la"))
     strata_source: Literal["pool", "seeds"] = Field(
         "pool", description="pool: different backbones; seeds: seeds of pool[0] (ensembling control)")

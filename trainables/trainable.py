@@ -471,7 +471,7 @@ def run_posthoc(cfg: TrialConfig, reporter: Reporter | None = None) -> dict:
             raise ConfigurationError(f"method {cfg.method.name!r} needs q_hat, but backbone {cfg.backbone.display()!r} "
                              f"has no zero-shot classifier; use posthoc_la")
         adjusted = {s: np.asarray(method.adjust(getattr(r, f"{s}_logits"), cfg.method, r.train_counts, r.q_hat,
-                                                calibrated_zero_shot(r, s)), dtype=np.float32)
+                                                r.calibrated_zero_shot(s)), dtype=np.float32)
                     for s in ("val", "test")}
         per_seed.append({**compute_metrics(adjusted["val"], r.val_labels, r.group_counts, r.q_hat, "val", r.true_prior),
                          **compute_metrics(adjusted["test"], r.test_labels, r.group_counts, r.q_hat, "test", r.true_prior),
@@ -479,14 +479,6 @@ def run_posthoc(cfg: TrialConfig, reporter: Reporter | None = None) -> dict:
         if first is None:
             first = Stage1Result(**{**r.__dict__, "val_logits": adjusted["val"], "test_logits": adjusted["test"]})
     return report_stage2(reporter, cfg, mean_and_std(per_seed), first)
-
-
-def calibrated_zero_shot(r: Stage1Result, split: str) -> np.ndarray | None:
-    """The cached zero-shot logits of ``split`` divided by GLA's temperature, or None."""
-    z = getattr(r, f"zeroshot_{split}_logits")
-    if z is None:
-        return None
-    return z / (r.zeroshot_temperature or 1.0)
 
 
 # --------------------------------------------------------------------------------------------

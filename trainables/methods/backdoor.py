@@ -44,19 +44,20 @@ BASELINE_METRICS = ("acc", "bal_acc", "p_many", "p_medium", "p_few", "p_true_man
 
 def debias(logits: np.ndarray, mode: str, train_counts: np.ndarray, q_hat: np.ndarray | None,
            tau: float = 1.0) -> np.ndarray:
-    """Post-hoc debias of one stratum: none; la: z - tau*log p_s; gla: z - tau*log p_s - log q_hat."""
+    """Post-hoc debias of one stratum: none; la: z - tau*log p_s; prior: z - tau*log p_s - log q_hat
+    (the rule of the ``posthoc_prior`` method; GLA's inference also adds the zero-shot logits, see ``gla``)."""
     z = np.asarray(logits, dtype=np.float64)
     if mode == "none":
         return z
     z = z - tau * log_train_prior(train_counts).double().numpy()
     if mode == "la":
         return z
-    if mode == "gla":
+    if mode == "prior":
         if q_hat is None:
-            raise ValueError("backdoor.debias = 'gla' needs an estimated pre-training prior, but this "
+            raise ValueError("backdoor.debias = 'prior' needs an estimated pre-training prior, but this "
                              "stratum's backbone has no zero-shot classifier; use debias: la")
         return z - log_prior(q_hat).double().numpy()
-    raise ValueError(f"unknown backdoor.debias {mode!r}; expected none, la or gla")
+    raise ValueError(f"unknown backdoor.debias {mode!r}; expected none, la or prior")
 
 
 # Training losses whose logits already have the downstream prior removed (gla_train also the
@@ -66,7 +67,7 @@ _TRAIN_PRIOR_REMOVED = {"la", "bs", "gla_train"}
 
 def check_not_double_corrected(debias_mode: str, trained_with: str, field: str, method_field: str) -> None:
     """ValueError when a post-hoc correction would subtract a prior the training loss already removed."""
-    if debias_mode in ("la", "gla", "posthoc_la") and trained_with in _TRAIN_PRIOR_REMOVED:
+    if debias_mode in ("la", "prior", "posthoc_la", "posthoc_prior", "gla") and trained_with in _TRAIN_PRIOR_REMOVED:
         raise ValueError(f"{field} = {debias_mode!r} on logits trained with {trained_with!r} subtracts "
                          f"log p_s twice ({trained_with} already adjusts for the training prior); "
                          f"set {method_field} to ce (or another unadjusted loss), or drop the post-hoc step")
@@ -123,8 +124,9 @@ def single_outputs(r, method: MethodConfig) -> tuple[np.ndarray, np.ndarray]:
         return r.val_logits, r.test_logits
     check_not_double_corrected(method.name, method.base_method, "backdoor.baselines[].name",
                                "backdoor.baselines[].base_method")
-    return tuple(np.asarray(m.adjust(np.asarray(z), method, r.train_counts, r.q_hat))  # type: ignore[return-value]
-                 for z in (r.val_logits, r.test_logits))
+    return tuple(np.asarray(m.adjust(np.asarray(getattr(r, f"{s}_logits")), method, r.train_counts, r.q_hat,
+                                     r.calibrated_zero_shot(s)))  # type: ignore[return-value]
+                 for s in ("val", "test"))
 
 
 def mean_pairwise_spearman(priors: list[np.ndarray | None]) -> float:
