@@ -147,3 +147,24 @@ def test_backdoor_reports_the_paired_gain_over_the_best_single_member(tmp_path):
     assert out["gain/test/acc_lo"] <= out["gain/test/acc"] <= out["gain/test/acc_hi"]
     assert np.isfinite(out["gain/test/acc_std"]) and np.isfinite(out["baseline/best_single/p_true_few"])
     assert -1 <= out["pool/prior_spearman"] <= 1
+
+
+def test_a_gla_baseline_is_scored_with_gla_s_inference_on_every_member(tmp_path):
+    """GLA's baseline adds each member's calibrated zero-shot logits (z_ft + z_zs / T - log q_hat -
+    log p_s); the backdoor trial's mean single model is the mean of exactly those accuracies."""
+    from trainables.config import MethodConfig
+    from trainables.methods import get_method
+
+    cfg = _config(tmp_path, confounders=1, baselines=[{"name": "gla", "base_method": "ce"}])
+    out = T.run_trial(cfg)
+    cache = Stage1Cache(cfg["runtime"]["cache_dir"])
+    gla, mcfg = get_method("gla"), MethodConfig(name="gla", base_method="ce")
+    accs = []
+    for p in prerequisites(cfg):
+        if p["method"]["name"] != "ce":
+            continue
+        r = cache.get(stage1_key(TrialConfig.model_validate(p)))
+        z = gla.adjust(r.test_logits, mcfg, r.train_counts, r.q_hat, r.calibrated_zero_shot("test"))
+        accs.append(float((np.asarray(z).argmax(1) == r.test_labels).mean()))
+    assert len(accs) == 3
+    assert out["baseline/mean_single/acc"] == pytest.approx(np.mean(accs))
