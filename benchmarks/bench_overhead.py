@@ -138,7 +138,7 @@ def run_toy_study(tmp: Path, zoo: Path, *, samples_per_cell: int, epochs: int, n
     from platform.plan import make_plan
     from platform.progress import ProgressCallback
     from platform.searcher import CellSearcher
-    from platform.spec import load_study
+    from platform.studyfile import load_study
     from platform.tracking import MLflowStudyCallback
 
     tmp.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,7 @@ def study_plan(kind: str, workdir: Path, folder: Path, *, samples: int, epochs: 
     """The plan of study ``kind`` writing under ``folder``; the zoo (and, for ``stage2``, the
     stage-1 cache) shared in ``workdir``; a ``stage1`` study's cache is its own, so it trains."""
     from platform.plan import make_plan
-    from platform.spec import load_study
+    from platform.studyfile import load_study
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "study.yaml"

@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from platform import paths
+from platform.checks import method_kind
+from platform.dotpath import set_path, split_path
 from platform.errors import SpecError
-from platform.spec import (GridPoint, Source, Study, expand_grid, method_kind, searched, set_path,
-                           split_path)
+from platform.grid import GridPoint, expand_grid, searched
+from platform.spec import Study
+from platform.yamlsource import Source
 
 __all__ = ["Cell", "Plan", "StudyOutcome", "apply_params", "check_fits", "local_capacity", "make_plan"]
 

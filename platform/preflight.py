@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 from platform.errors import Issue, SpecError
 from platform.plan import Plan
-from platform.spec import Source
+from platform.yamlsource import Source
 
 IMAGE_SAMPLE = 16  # image paths checked per split file (evenly spaced)
 

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from platform import paths
 from platform.errors import Issue, SpecError
-from platform.spec import load_study as load_study_spec
+from platform.studyfile import load_study as load_study_spec
 
 EXIT_OK, EXIT_INVALID = 0, 2
 DEFAULT_OBJECTIVE, DEFAULT_MODE = "val/acc", "max"

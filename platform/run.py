@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from platform.errors import EnvironmentFailure, PlatformInputError, SpecError, show_value
 from platform.plan import Plan, StudyOutcome, check_fits, local_capacity, make_plan
-from platform.spec import load_study
+from platform.studyfile import load_study
 from trainables.stats import STD_SUFFIX
 
 EXIT_OK, EXIT_FAILED_TRIALS, EXIT_INVALID, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

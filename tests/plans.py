@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from platform.plan import Plan, make_plan
-from platform.spec import load_study
+from platform.studyfile import load_study
 
 
 def plan_from_text(text: str, tmp_path: Path) -> Plan:

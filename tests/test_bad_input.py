@@ -119,7 +119,7 @@ def test_non_utf8_file_is_reported_by_line_and_column(tmp_path: Path, capsys, no
 
 
 def test_an_oversized_file_is_refused_before_it_is_parsed(tmp_path: Path, capsys, no_study_starts) -> None:
-    from platform.spec import MAX_STUDY_BYTES
+    from platform.yamlsource import MAX_STUDY_BYTES
     study = tmp_path / "big.yaml"
     study.write_text("name: big\ndescription: '" + "x" * MAX_STUDY_BYTES + "'\n")
     code, text = run_cli([str(study)], capsys)

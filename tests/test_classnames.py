@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from platform.errors import SpecError
-from platform.spec import parse_study
+from platform.studyfile import parse_study
 from trainables.config import DatasetConfig, RuntimeConfig
 from trainables.data import build_splits
 from trainables.data.names import (CLASSNAMES_DIR, SHIPPED, SHIPPED_COUNTS, placeholder_names,

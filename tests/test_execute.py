@@ -26,7 +26,7 @@ from platform.paths import REPO_ROOT, open_optuna_storage
 from platform.plan import make_plan
 from platform.progress import ProgressCallback
 from platform.searcher import META_KEY, optuna_study_name
-from platform.spec import load_study
+from platform.studyfile import load_study
 
 EPOCHS = 3
 STUDY = """
@@ -92,7 +92,7 @@ import sys, ray
 from platform.execute import run_study
 from platform.plan import make_plan
 from platform.progress import ProgressCallback
-from platform.spec import load_study
+from platform.studyfile import load_study
 import argparse
 plan = make_plan(load_study(sys.argv[1]), sys.argv[1])
 ray.init(num_cpus=2, include_dashboard=False)

@@ -442,7 +442,7 @@ def test_truncated_checkpoint_warns_and_the_trial_restarts_from_the_first_epoch(
     import torch
 
     from platform.plan import make_plan
-    from platform.spec import parse_study
+    from platform.studyfile import parse_study
     from trainables.trainable import CHECKPOINT_FILE, run_trial
 
     torch.set_num_threads(1)

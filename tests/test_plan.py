@@ -10,7 +10,7 @@ import pytest
 from platform import paths
 from platform.errors import SpecError
 from platform.plan import apply_params, make_plan
-from platform.spec import parse_study
+from platform.studyfile import parse_study
 from trainables.config import TrialConfig
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from platform.errors import SpecError
 from platform.preflight import preflight
 from platform.run import main
 from platform.plan import make_plan
-from platform.spec import load_study
+from platform.studyfile import load_study
 from test_data import write_cifar10
 
 CLIP = "{family: open_clip, name: ViT-B-16-quickgelu, pretrained: openai}"

@@ -6,7 +6,8 @@ import pytest
 
 from platform.errors import SpecError
 from platform.published import compare, format_comparison
-from platform.spec import Published, parse_study
+from platform.spec import Published
+from platform.studyfile import parse_study
 
 STUDY = """
 name: pub

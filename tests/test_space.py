@@ -9,7 +9,7 @@ import pytest
 
 from platform.errors import SpecError
 from platform.space import check_distribution, grid_size, grid_values, sample
-from platform.spec import parse_study
+from platform.studyfile import parse_study
 
 SPACE = {
     "backdoor.weighting": check_distribution({"categorical": ["uniform", "searched"]}),

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from platform import paths
+from platform.dotpath import get_path, resolve_path, set_path, split_path
 from platform.errors import SpecError
-from platform.spec import (check_distribution, get_path, load_study, parse_study, resolve_path,
-                           set_path, split_path, Study, TrialSections)
+from platform.space import check_distribution
+from platform.spec import Study, TrialSections
+from platform.studyfile import load_study, parse_study
 
 REPO = Path(__file__).resolve().parent.parent
 

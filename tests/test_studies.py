@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from platform.run import main
-from platform.spec import load_study
+from platform.studyfile import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = sorted(str(p.relative_to(REPO)) for p in (REPO / "studies").rglob("*.yaml"))

@@ -1,0 +1,141 @@
+"""Dotted paths into the study and trial documents: parse and join them, check them against the
+pydantic models (with a did-you-mean), and get or set the value they address in a plain document.
+
+Two path namespaces (dotted, ``*`` maps over a list, an integer indexes one):
+- *study paths* address the study document: ``dataset.imbalance_ratio``, ``method.name``,
+  ``backbones.*.pretrain.imbalance_ratio``, ``backbones.0.name``, ``backbone_index``. Grid axes,
+  ``search.where`` and ``--set`` use them.
+- *trial paths* address ``trainables.config.TrialConfig``: ``finetune.lr``, ``backdoor.strata``,
+  ``backbone.pretrain.seed``, ``pool.0.name``. ``search.space`` uses them (the searcher sets
+  sampled values on a cell's trial config).
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+import typing
+from typing import Annotated, Any, Iterable, Sequence
+
+from pydantic import BaseModel
+
+from platform.errors import did_you_mean, show_value
+
+Segment = str | int
+PathTuple = tuple[Segment, ...]
+
+
+# --------------------------------------------------------------------------------------------
+# Paths: static resolution against the models (for did-you-mean), get/set on documents.
+# --------------------------------------------------------------------------------------------
+
+def split_path(path: str) -> list[Segment]:
+    """'backbones.0.name' -> ['backbones', 0, 'name'] ('*' stays a string)."""
+    return [int(s) if s.lstrip("-").isdigit() else s for s in path.split(".")]
+
+
+def join_path(segments: Iterable[Segment]) -> str:
+    """The inverse of ``split_path``."""
+    return ".".join(str(s) for s in segments)
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The non-None members of an Optional/Union annotation (or the annotation itself)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [a for arg in typing.get_args(annotation) if arg is not type(None) for a in _unwrap(arg)]
+    return [annotation]
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def resolve_path(model: type[BaseModel], segments: Sequence[Segment],
+                 roots: Sequence[str] | None = None) -> tuple[list[Segment], Any]:
+    """Check ``segments`` against ``model``'s fields; return (segments with a dict key joined,
+    the annotation at the end). Raises ValueError with a did-you-mean when a field does not exist.
+
+    A ``dict[str, X]`` field takes the rest of the path as one key (grid axes contain dots).
+    """
+    annotation: Any = model
+    out: list[Segment] = []
+    for i, seg in enumerate(segments):
+        where = join_path(out) or "the study"
+        members = _unwrap(annotation)
+        sub = next((m for m in members if _is_model(m)), None)
+        seq = next((m for m in members if typing.get_origin(m) is list), None)
+        mapping = next((m for m in members if typing.get_origin(m) is dict), None)
+        if sub is not None and isinstance(seg, str) and seg != "*":
+            known = list(sub.model_fields) if (i or roots is None) else list(roots)
+            if seg not in known:
+                raise ValueError(f"no field {seg!r} in {where}{did_you_mean(seg, known)} "
+                                 f"(fields: {', '.join(known)})")
+            annotation = sub.model_fields[seg].annotation
+            out.append(seg)
+        elif seq is not None and (isinstance(seg, int) or seg == "*"):
+            annotation = (typing.get_args(seq) or (Any,))[0]
+            out.append(seg)
+        elif mapping is not None:
+            out.append(join_path(segments[i:]))
+            return out, (typing.get_args(mapping) or (str, Any))[1]
+        elif sub is not None:
+            raise ValueError(f"{where} is a mapping: {seg!r} is not one of its fields "
+                             f"({', '.join(sub.model_fields)})")
+        elif seq is not None:
+            raise ValueError(f"{where} is a list: index it with an integer or '*', not {seg!r}")
+        else:
+            raise ValueError(f"{where} is a single value, it has no field {seg!r}")
+    return out, annotation
+
+
+def get_path(doc: Any, segments: Sequence[Segment]) -> Any:
+    """The value at ``segments`` in a nested dict/list document (``*`` gives a list)."""
+    if not segments:
+        return doc
+    seg, rest = segments[0], segments[1:]
+    if seg == "*":
+        if not isinstance(doc, list):
+            raise KeyError(f"'*' needs a list, found {show_value(doc)}")
+        return [get_path(item, rest) for item in doc]
+    if isinstance(doc, list) and isinstance(seg, int):
+        if not -len(doc) <= seg < len(doc):
+            raise KeyError(f"index {seg} is out of range: the list has {len(doc)} item(s)")
+        return get_path(doc[seg], rest)
+    if isinstance(doc, dict) and seg in doc:
+        return get_path(doc[seg], rest)
+    raise KeyError(f"{seg!r} does not exist here")
+
+
+def set_path(doc: Any, segments: Sequence[Segment], value: Any) -> None:
+    """Set ``value`` at ``segments`` in place (``*`` sets it in every list item); missing or null
+    mappings on the way are created. Raises KeyError for an index out of range."""
+    seg, rest = segments[0], segments[1:]
+    if seg == "*" or isinstance(seg, int):
+        if not isinstance(doc, list):
+            raise KeyError(f"{seg!r} needs a list, found {show_value(doc)}")
+        if seg != "*" and not -len(doc) <= seg < len(doc):
+            raise KeyError(f"index {seg} is out of range: the list has {len(doc)} item(s)")
+        targets = range(len(doc)) if seg == "*" else [seg]
+    else:
+        if not isinstance(doc, dict):
+            raise KeyError(f"{seg!r} needs a mapping, found {show_value(doc)}")
+        targets = [seg]
+    for t in targets:
+        if not rest:
+            doc[t] = copy.deepcopy(value)
+            continue
+        if isinstance(doc, dict) and doc.get(t) is None:
+            if isinstance(rest[0], int) or rest[0] == "*":
+                raise KeyError(f"{t!r} is not set here, so it has no item {rest[0]!r}: set the "
+                               f"whole list instead, e.g. {t}=[...]")
+            doc[t] = {}
+        set_path(doc[t], rest, value)
+
+
+def _matches(pattern: Sequence[Segment], concrete: Sequence[Segment]) -> bool:
+    """True when ``pattern`` (with '*') is a prefix of the concrete path ``concrete``."""
+    return len(pattern) <= len(concrete) and all(
+        p == "*" or p == c or str(p) == str(c) for p, c in zip(pattern, concrete))
