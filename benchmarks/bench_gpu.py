@@ -19,13 +19,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision.transforms import v2
 
 from benchmarks import result, rounded
-from trainables import trainable as T
 from trainables.backbones import build_backbone
 from trainables.config import BackboneConfig, FinetuneConfig, RuntimeConfig
 from trainables.data.base import LabeledImages
 from trainables.heads import build_head
+from trainables.loop import Classifier, autocast, make_loader
 from trainables.peft import apply_peft
 
 NAME = "gpu_vit_b16_adaptformer"
@@ -53,7 +54,7 @@ def build_model(device: torch.device, image_size: int | None, channels_last: boo
     torch.manual_seed(0)
     backbone = build_backbone(cfg, RuntimeConfig(), names, ft.prompt_templates)
     apply_peft(backbone, ft.peft, NUM_CLASSES, ft)
-    model = T.Classifier(backbone.encoder, build_head(ft.head, backbone, NUM_CLASSES, ft)).to(device)
+    model = Classifier(backbone.encoder, build_head(ft.head, backbone, NUM_CLASSES, ft)).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, backbone.image_size
@@ -82,7 +83,7 @@ def train_images_per_s(model: torch.nn.Module, size: int, device: torch.device, 
     model.train()
 
     def step() -> None:
-        with T.autocast(device, "bf16"):
+        with autocast(device, "bf16"):
             logits = step_model(x)
         loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
@@ -107,10 +108,10 @@ def loader_images_per_s(size: int, batch: int, batches: int, num_workers: int) -
     n = batch * batches
     raw = torch.from_numpy(rng.integers(0, 256, (min(n, 512), 3, size + size // 7, size + size // 7), dtype=np.uint8))
     data = LabeledImages(np.arange(n) % NUM_CLASSES, _Cycle(raw))
-    tf = T.v2.Compose([T.v2.RandomResizedCrop(size, antialias=True), T.v2.RandomHorizontalFlip(),
-                       T.v2.ToDtype(torch.float32, scale=True), T.v2.Normalize([0.5] * 3, [0.5] * 3)])
-    loader = T.make_loader(data.with_transform(tf), batch, seed=0, balanced=False, num_workers=num_workers,
-                           shuffle=True)
+    tf = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
+                     v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)])
+    loader = make_loader(data.with_transform(tf), batch, seed=0, balanced=False, num_workers=num_workers,
+                         shuffle=True)
     start = time.perf_counter()
     seen = sum(len(x) for x, _ in loader)
     return seen / (time.perf_counter() - start)

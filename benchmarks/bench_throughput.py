@@ -22,9 +22,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from benchmarks import median, result, rounded, timed, toy_trial
 from trainables import trainable as T
 from trainables.backbones import build_backbone
+from trainables.checkpoint import seed_everything
 from trainables.config import TrialConfig
 from trainables.data import build_splits
 from trainables.heads import build_head
+from trainables.loop import Classifier, make_transforms, with_input_norm
 from trainables.peft import apply_peft
 
 NAME = "trainable_throughput"
@@ -44,16 +46,16 @@ class NullReporter:
 def build_model(cfg: TrialConfig) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """(model, train images [N,3,H,W] uint8, labels [N]) exactly as ``train_stage1`` builds them."""
     ft, rt = cfg.finetune, cfg.runtime
-    T.seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     splits = build_splits(cfg.dataset, rt)
-    backbone = T.with_input_norm(build_backbone(cfg.backbone, rt, splits.class_names, ft.prompt_templates,
-                                                cfg.dataset.world))
-    train_tf, _ = T.make_transforms(backbone, ft.augment)
+    backbone = with_input_norm(build_backbone(cfg.backbone, rt, splits.class_names, ft.prompt_templates,
+                                              cfg.dataset.world))
+    train_tf, _ = make_transforms(backbone, ft.augment)
     apply_peft(backbone, ft.peft, splits.num_classes, ft)
     head = build_head(ft.head, backbone, splits.num_classes, ft)
     data = splits.train.with_transform(train_tf)
     x = torch.stack([data[i][0] for i in range(len(data))])
-    return T.Classifier(backbone.encoder, head), x, torch.as_tensor(splits.train.labels)
+    return Classifier(backbone.encoder, head), x, torch.as_tensor(splits.train.labels)
 
 
 def bare_loop(cfg: TrialConfig, steps: int) -> float:

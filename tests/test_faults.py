@@ -443,7 +443,8 @@ def test_truncated_checkpoint_warns_and_the_trial_restarts_from_the_first_epoch(
 
     from platform.plan import make_plan
     from platform.studyfile import parse_study
-    from trainables.trainable import CHECKPOINT_FILE, run_trial
+    from trainables.checkpoint import CHECKPOINT_FILE
+    from trainables.trainable import run_trial
 
     torch.set_num_threads(1)
     fields = {**TOY_STUDY, "finetune": {**TOY_STUDY["finetune"], "epochs": 2},
@@ -461,7 +462,7 @@ def test_truncated_checkpoint_warns_and_the_trial_restarts_from_the_first_epoch(
 
     full = run_trial(fresh("cache-b"), None)  # the reference: same zoo, no checkpoint
     again = _KeepCheckpoints(tmp_path / "c", restore=state.parent)
-    with caplog.at_level(logging.WARNING, logger="trainables.trainable"):
+    with caplog.at_level(logging.WARNING, logger="trainables.checkpoint"):
         resumed = run_trial(fresh("cache-c"), again)
     assert str(state) in caplog.text and "starting from scratch" in caplog.text
     assert again.epochs == [1, 2]  # trained from the start, not resumed at epoch 2

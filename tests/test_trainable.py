@@ -15,11 +15,15 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from trainables import trainable as T  # noqa: E402
+from trainables import loop, trainable as T  # noqa: E402
 from trainables.backbones.timm_backbone import save_timm_checkpoint  # noqa: E402
 from trainables.cache import Stage1Cache, stage1_key  # noqa: E402
+from trainables.checkpoint import CHECKPOINT_FILE  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
 from trainables.data import DATASETS, DataSplits, LabeledImages  # noqa: E402
+from trainables.errors import NonFiniteLossError  # noqa: E402
+from trainables.faults import SimulatedCrash, parse_fault  # noqa: E402
+from trainables.prior import estimate_prior  # noqa: E402
 from tiny_models import TINY_VIT, one_thread  # noqa: E402,F401
 
 DATASET = "unit_tiny_lt"
@@ -152,9 +156,9 @@ def test_corrupt_checkpoint_warns_and_restarts_from_scratch(checkpoint, tmp_path
     full = T.run_trial(_own_cache(cfg, "full"))
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / T.CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    (bad / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
     rec = Recorder(tmp_path / "r", restore=str(bad))
-    with caplog.at_level(logging.WARNING, logger="trainables.trainable"):
+    with caplog.at_level(logging.WARNING, logger="trainables.checkpoint"):
         again = T.run_trial(cfg, rec)
     assert "starting from scratch" in caplog.text
     assert [m["epoch"] for m, _ in rec.reports] == [1]
@@ -164,14 +168,14 @@ def test_corrupt_checkpoint_warns_and_restarts_from_scratch(checkpoint, tmp_path
 def test_nan_fault_raises_nonfinite_loss_error_naming_the_epoch(checkpoint, tmp_path):
     cfg = _config(checkpoint, tmp_path, runtime__fault="nan_at_epoch:2")
     rec = Recorder(tmp_path)
-    with pytest.raises(T.NonFiniteLossError, match="at epoch 2"):
+    with pytest.raises(NonFiniteLossError, match="at epoch 2"):
         T.run_trial(cfg, rec)
     assert [m["epoch"] for m, _ in rec.reports] == [1]
 
 
 def test_crash_fault_fires_on_a_fresh_start_only(checkpoint, tmp_path):
     cfg = _config(checkpoint, tmp_path, runtime__fault="crash_at_epoch:2")
-    with pytest.raises(T.SimulatedCrash):
+    with pytest.raises(SimulatedCrash):
         T.run_trial(cfg, Recorder(tmp_path / "a"))
     resumed = T.run_trial(cfg, Recorder(tmp_path / "b", restore=str(tmp_path / "a" / "ckpt0")))
     assert resumed["epoch"] == 2
@@ -179,7 +183,7 @@ def test_crash_fault_fires_on_a_fresh_start_only(checkpoint, tmp_path):
 
 def test_linear_probe_trains_only_the_head_on_cached_features(checkpoint, tmp_path, monkeypatch):
     calls = []
-    real_encode = T.encode
+    real_encode = loop.encode
     monkeypatch.setattr(T, "encode", lambda *a, **k: calls.append(1) or real_encode(*a, **k))
     out = T.run_trial(_config(checkpoint, tmp_path, finetune__peft="linear", finetune__head="linear"))
     assert out["trainable_params"] == C * 32 + C
@@ -215,14 +219,14 @@ def test_stage1_result_is_created_once_and_then_read_from_the_cache(checkpoint, 
 
 
 def test_warmup_cosine_schedule_rises_linearly_then_decays_to_zero():
-    f = T.warmup_cosine(warmup=4, total=12)
+    f = loop.warmup_cosine(warmup=4, total=12)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(8) == pytest.approx(0.5) and f(12) == pytest.approx(0.0)
 
 
 def test_unknown_fault_is_rejected_with_the_accepted_forms():
     with pytest.raises(ValueError, match="nan_at_epoch:N"):
-        T.parse_fault("explode")
+        parse_fault("explode")
 
 
 def test_toy_world_trial_estimates_q_hat_on_val_and_reports_zero_shot_accuracy(tmp_path):
@@ -240,7 +244,7 @@ def test_toy_world_trial_estimates_q_hat_on_val_and_reports_zero_shot_accuracy(t
     assert entry.zeroshot_val_logits.shape == entry.val_logits.shape
     assert entry.zeroshot_test_logits.shape == entry.test_logits.shape
     assert entry.zeroshot_temperature > 0
-    expected = T.estimate_prior(entry.zeroshot_val_logits / entry.zeroshot_temperature, entry.val_labels)
+    expected = estimate_prior(entry.zeroshot_val_logits / entry.zeroshot_temperature, entry.val_labels)
     np.testing.assert_allclose(entry.q_hat, expected, rtol=1e-6)
     # a gla trial adds the calibrated zero-shot logits to its base model's fine-tuned logits
     out = T.run_trial({**cfg, "method": {"name": "gla", "base_method": "ce"}})
