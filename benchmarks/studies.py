@@ -58,14 +58,14 @@ backbones:
   - {{family: toy, label: toy-bottom, pretrain: {pretrain_bottom}}}
 finetune: {{peft: adaptformer, head: text, epochs: {epochs}, lr: 0.02, batch_size: 128, augment: false}}
 method: {{name: backdoor}}
-backdoor: {{confounders: 2, aggregation: logit, stratum_method: {{name: la, tau: 1.0}}}}
+backdoor: {{confounders: 2, aggregation: logprob, stratum_method: {{name: la, tau: 1.0}}}}
 search:
   algorithm: optuna
   num_samples: {samples}
   seed: 0
   space:
     backdoor.confounders: {{int: [1, 2]}}
-    backdoor.weighting: {{categorical: [uniform, fitted, bias_conditional]}}
+    backdoor.weighting: {{categorical: [uniform, fitted, reliability]}}
 scheduler: {{fifo: {{}}}}
 resources: {{cpu: 1, gpu: 0}}
 max_concurrent: {concurrency}

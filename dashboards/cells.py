@@ -23,7 +23,8 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
 from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 from optuna.trial import TrialState
 
-from dashboards.data import PARAM_PREFIX, sqlite_path
+from dashboards.data import PARAM_PREFIX
+from trainables.contract import sqlite_path
 from dashboards.summary import _plain, cell_searched_params, proposal_keys
 
 #: fANOVA is a random forest: a fixed seed makes the report reproducible.

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
-from trainables.contract import SPEC_ARTIFACT_DIR, SPEC_FILE, UI_QUERY, Level, Tag
+from trainables.contract import SPEC_ARTIFACT_DIR, SPEC_FILE, UI_QUERY, Level, Tag, sqlite_path
 
 LEVEL_TAG, CELL_TAG, SEED_TAG = Tag.LEVEL, Tag.CELL, Tag.SEED
 TRIAL_ID_TAG, OPTUNA_TRIAL_TAG, ERROR_TAG, PARENT_TAG = Tag.TRIAL_ID, Tag.OPTUNA_TRIAL, Tag.ERROR, Tag.PARENT
@@ -290,8 +290,3 @@ def experiment_url(base_url: str, experiment_id: str) -> str:
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_QUERY}"
 
 
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, else None (platform.paths has the same rule;
-    dashboards/ does not import platform/ so that it reads any tracking store on its own)."""
-    prefix = "sqlite:///"
-    return Path(uri[len(prefix):]) if uri.startswith(prefix) else None

@@ -287,6 +287,18 @@ def _error_text(error: BaseException) -> str:
     return reason(cause)
 
 
+def _sampled(space: dict, config: dict) -> dict:
+    """The searched values of a trial config: only the parameters whose ``when`` condition held
+    (a conditional parameter that was never sampled keeps its base value and is left out)."""
+    from platform.space import is_active
+
+    values: dict = {}
+    for path, dist in space.items():
+        if is_active(dist, values, lambda p: get_path(config, p)):
+            values[path] = get_path(config, path)
+    return values
+
+
 def select_rows(plan: Any, records: list[dict]) -> list[dict]:
     """One row per cell: its best configuration by the validation metric (seed-group mean for
     ``train`` cells), with that configuration's mean val/test metrics.
@@ -315,7 +327,7 @@ def select_rows(plan: Any, records: list[dict]) -> list[dict]:
             reported = finite(members[0]["result"].get(REPLICATES_METRIC))
             row.update(selected=True, metric=group_score(r["result"].get(metric) for r in members),
                        optuna_trial=trial_meta(members[0]["config"]).get("optuna_trial"),
-                       best_config={p: get_path(members[0]["config"], p) for p in (cell.space or {})},
+                       best_config=_sampled(cell.space or {}, members[0]["config"]),
                        trial_ids=[r["trial_id"] for r in members],
                        # stage-2 trials average their replicates themselves and report how many
                        n_seeds=len(members) if cell.kind == "train"

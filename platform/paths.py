@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
+from trainables.contract import sqlite_path
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUTPUTS_ENV = "LTBIAS_OUTPUTS"
 
@@ -42,14 +44,6 @@ def local_path(location: str) -> Path:
     if location.startswith("file://"):
         location = urlparse(location).path
     return Path(location).expanduser().resolve()
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///...`` URI, or None for any other URI."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
-        return None
-    return Path(uri[len(prefix):]).expanduser()
 
 
 def stage1_cache_dir(storage: str) -> Path:

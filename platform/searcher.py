@@ -27,9 +27,9 @@ read. The searcher's bookkeeping is pickled by ``save``; Optuna's state lives in
 
 Crash safety: the Optuna studies of one execution are named ``<study>/<execution>/<cell id>``
 (``optuna_study_name``), so no other execution ever reopens or deletes them. The sampler (with its
-random state) is saved in the study's RDB after every ask, so a resumed study proposes exactly
+random state) is saved in the study's storage after every ask, so a resumed study proposes exactly
 what an uninterrupted one would; an Optuna trial asked after the last searcher checkpoint (never
-run) is handed out again, not failed and re-asked. Optuna writes are retried while the RDB is
+run) is handed out again, not failed and re-asked. Optuna writes are retried while the storage is
 locked, and a seed group counts as told only once the tell has been written.
 """
 
@@ -45,15 +45,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import optuna
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
-                                  IntDistribution)
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from platform.paths import open_optuna_storage
 from platform.plan import apply_params
 from platform.retry import retry, sqlite_engine_kwargs
-from platform.space import grid_values, kind_of, sample
+from platform.space import grid_values, sample
 from trainables.contract import (META_KEY, STAGE1_CELL, Envelope, strip_meta, trial_meta,
                                  with_envelope)
 from trainables.selection import finite
@@ -85,54 +83,7 @@ def get_path(config: dict, path: str, default: Any = None) -> Any:
     return node
 
 
-# --------------------------------------------------------------------------- search spaces
-
-def optuna_distributions(space: dict[str, Any]) -> dict[str, BaseDistribution]:
-    """The Optuna distributions of every parameter of a space (conditions ignored); subset/simplex
-    of size N become N params ``path.i``. Sampling itself is define-by-run (``platform.space.sample``)."""
-    out: dict[str, BaseDistribution] = {}
-    for path, spec in space.items():
-        kind, arg = kind_of(spec)
-        if kind == "int":
-            out[path] = IntDistribution(int(arg[0]), int(arg[1]))
-        elif kind in ("float", "logfloat"):
-            out[path] = FloatDistribution(float(arg[0]), float(arg[1]), log=kind == "logfloat")
-        elif kind == "categorical":
-            out[path] = CategoricalDistribution(list(arg))
-        elif kind == "subset":
-            for i in range(int(arg)):
-                out[f"{path}.{i}"] = CategoricalDistribution([False, True])
-        else:  # simplex
-            for i in range(int(arg)):
-                out[f"{path}.{i}"] = FloatDistribution(0.0, 1.0)
-    return out
-
-
-def space_values(space: dict[str, Any], params: dict[str, Any], number: int) -> dict[str, Any]:
-    """Turn Optuna params into config values by space path (subset -> index list, simplex -> weights);
-    a parameter the trial did not have (its condition was false) is left out.
-
-    An empty subset is repaired to the single index ``number % N`` (deterministic, so that a
-    trial's config is reproducible from its number), because no consumer accepts an empty set.
-    """
-    values: dict[str, Any] = {}
-    for path, spec in space.items():
-        kind, arg = kind_of(spec)
-        if kind == "subset":
-            if f"{path}.0" not in params:
-                continue
-            chosen = [i for i in range(int(arg)) if params[f"{path}.{i}"]]
-            values[path] = chosen or [number % int(arg)]
-        elif kind == "simplex":
-            if f"{path}.0" not in params:
-                continue
-            raw = [float(params[f"{path}.{i}"]) for i in range(int(arg))]
-            total = sum(raw)
-            values[path] = [r / total for r in raw] if total > 0 else [1.0 / len(raw)] * len(raw)
-        elif path in params:
-            values[path] = params[path]
-    return values
-
+# --------------------------------------------------------------------------- seeds
 
 def _stable_seed(*parts: Any) -> int:
     """A process-independent seed (Python's ``hash`` is salted per process)."""
@@ -418,7 +369,12 @@ class CellSearcher(Searcher):
         if orphans:
             number = orphans.pop(0)
             trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-            return number, sample(space, optuna.trial.FixedTrial(dict(trial.params), number), lookup)
+            try:
+                return number, sample(space, optuna.trial.FixedTrial(dict(trial.params), number), lookup)
+            except ValueError:  # the driver died while sampling it: its params are incomplete
+                retry(study.tell, number, state=TrialState.FAIL, skip_if_finished=True,
+                      what=f"Optuna study {self.optuna_name(cid)}")
+                return self._ask(cid, space, base)
         name = self.optuna_name(cid)
         trial = retry(study.ask, what=f"Optuna study {name}")
         values = sample(space, trial, lookup)
@@ -469,5 +425,5 @@ def iter_groups(records: Iterable[dict]) -> dict[tuple[str, int], list[dict]]:
 
 
 __all__ = ["CellSearcher", "META_KEY", "SAMPLER_ATTR", "STAGE1_CELL", "cell_num_trials", "cell_replicates",
-           "get_path", "grid_values", "iter_groups", "optuna_distributions", "optuna_study_name", "plan_num_trials",
-           "space_values", "strip_meta", "study_name", "trial_meta"]
+           "get_path", "grid_values", "iter_groups", "optuna_study_name", "plan_num_trials",
+           "strip_meta", "study_name", "trial_meta"]

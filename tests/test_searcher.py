@@ -14,8 +14,8 @@ from ray.tune.search import Searcher
 from platform.paths import open_optuna_storage
 from platform.plan import apply_params
 from plans import plan_from_text
-from platform.searcher import (META_KEY, STAGE1_CELL, CellSearcher, get_path, optuna_distributions,
-                               space_values, strip_meta, trial_meta)
+from platform.searcher import META_KEY, STAGE1_CELL, CellSearcher, get_path, strip_meta, trial_meta
+from platform.space import sample
 from trainables.config import TrialConfig
 
 STUDY = """
@@ -183,17 +183,14 @@ def test_executions_have_their_own_optuna_studies_and_none_is_deleted(plan):
 def test_subset_becomes_a_non_empty_index_list_and_simplex_weights_sum_to_one():
     space = {"backdoor.strata": {"subset": 3}, "backdoor.weights": {"simplex": 3},
              "backdoor.confounders": {"int": [1, 3]}}
-    dists = optuna_distributions(space)
-    assert sorted(dists) == ["backdoor.confounders", *(f"backdoor.strata.{i}" for i in range(3)),
-                             *(f"backdoor.weights.{i}" for i in range(3))]
     params = {"backdoor.strata.0": True, "backdoor.strata.1": False, "backdoor.strata.2": True,
               "backdoor.weights.0": 0.2, "backdoor.weights.1": 0.6, "backdoor.weights.2": 0.2,
               "backdoor.confounders": 2}
-    values = space_values(space, params, number=4)
+    values = sample(space, optuna.trial.FixedTrial(params, 4))
     assert values["backdoor.strata"] == [0, 2]
     assert values["backdoor.weights"] == pytest.approx([0.2, 0.6, 0.2])
     empty = dict(params, **{f"backdoor.strata.{i}": False for i in range(3)})
-    assert space_values(space, empty, number=4)["backdoor.strata"] == [1]  # repaired: 4 % 3
+    assert sample(space, optuna.trial.FixedTrial(empty, 4))["backdoor.strata"] == [1]  # repaired: 4 % 3
 
 
 def test_searched_values_reach_nested_list_and_starred_paths():

@@ -60,6 +60,17 @@ class Envelope:
         return asdict(self)
 
 
+def sqlite_path(uri: str) -> "Path | None":
+    """The database file of a ``sqlite:///...`` tracking URI, or None for any other URI (one rule
+    for the driver, which writes the store, and the dashboards, which read it)."""
+    from pathlib import Path
+
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return Path(uri[len(prefix):]).expanduser()
+
+
 def trial_meta(config: Mapping) -> dict:
     """The envelope block of a Tune trial config ({} for a config the searcher did not make)."""
     meta = config.get(META_KEY) if isinstance(config, Mapping) else None
@@ -254,6 +265,6 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
 __all__ = ["DISPLAY_DIGITS", "ENSEMBLE_SECTIONS", "EXPERIMENT_KIND_TRAINING", "Envelope",
            "GRID_PARAM_PREFIX", "HEADLINE_METRICS", "Level", "META_KEY", "STAGE1_CELL",
            "SPEC_ARTIFACT_DIR", "SPEC_FILE", "SUMMARY_ARTIFACT_DIR", "SUMMARY_FILE", "Tag",
-           "TRIAL_ARTIFACT_DIR", "UI_QUERY", "axis_label", "display", "flatten", "grid_run_name", "method_fields",
+           "TRIAL_ARTIFACT_DIR", "UI_QUERY", "axis_label", "sqlite_path", "display", "flatten", "grid_run_name", "method_fields",
            "strip_meta", "trial_meta", "trial_params", "trial_run_name", "trial_tags",
            "with_envelope"]

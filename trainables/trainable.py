@@ -341,7 +341,7 @@ def run_posthoc(cfg: TrialConfig, reporter: Reporter | None = None) -> dict:
         rc = apply_replicate(cfg, rep)
         r = stage1_result(rc, rc.backbone, base, rc.seed)
         if getattr(method, "needs_prior", False) and r.q_hat is None:
-            raise ConfigurationError(f"method {cfg.method.name!r} needs q_hat, but backbone {cfg.backbone.display()!r} "
+            raise ConfigurationError(f"method {cfg.method.name!r} needs q_hat, but backbone {rc.backbone.display()!r} "
                              f"has no zero-shot classifier; use posthoc_la")
         adjusted = {s: np.asarray(method.adjust(getattr(r, f"{s}_logits"), cfg.method, r.train_counts, r.q_hat,
                                                 r.calibrated_zero_shot(s)), dtype=np.float32)

@@ -170,7 +170,7 @@ def run_backdoor(cfg: TrialConfig, stage1: Callable, compute_metrics: Callable) 
         val_out = [debias(r.val_logits, bd.debias, r.train_counts, r.q_hat, tau) for r in results]
         test_out = [debias(r.test_logits, bd.debias, r.train_counts, r.q_hat, tau) for r in results]
         # pool positions of the strata (the seeds control has no pool positions: 0..M-1)
-        strata_idx = bd.strata if bd.strata is not None and bd.strata_source == "pool" else list(range(len(plan)))
+        strata_idx = list(dict.fromkeys(bd.strata)) if bd.strata is not None and bd.strata_source == "pool" else list(range(len(plan)))
         inp = WeightingInput(val_out, ref.val_labels, bd.aggregation, bd.weights, list(strata_idx),
                              bd.reliability_shrinkage)
         weighted = weights_for(bd.weighting, inp, test_out)
