@@ -152,12 +152,8 @@ class Study:
         terminal = {t for t, s in per_trial.items() if len(s) == 1 and s[0] in ("FINISHED", "FAILED")}
         tune_trials = len(self.results())
         optuna_extra = 0
-        if (self.outputs / "optuna.db").exists():
-            with sqlite3.connect(self.outputs / "optuna.db") as con:
-                counts = con.execute("SELECT s.study_name, COUNT(t.trial_id) FROM studies s JOIN trials t "
-                                     "ON t.study_id = s.study_id WHERE s.study_name LIKE ? "
-                                     "GROUP BY s.study_name", (f"{self.name}/%",)).fetchall()
-            optuna_extra = sum(max(0, n - configs) for _, n in counts)
+        counts, _ = optuna_counts(self.outputs, f"{self.name}/")
+        optuna_extra = sum(max(0, n - configs) for n in counts.values())
         lost = planned - len(terminal)
         duplicated = (len(runs) - len(per_trial)) + twice + optuna_extra + max(0, tune_trials - planned)
         details = (f"{len(per_trial)} trials with runs, {len(runs)} trial runs, {twice} metric "
@@ -181,6 +177,18 @@ def hold_lock(db: Path, seconds: float) -> subprocess.Popen:
             "c.execute('COMMIT')")
     proc = subprocess.Popen([sys.executable, "-c", code, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
     proc.stdout.readline()  # wait until it holds the lock
+    return proc
+
+
+def hold_journal_lock(journal: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding the lock of Optuna journal file ``journal`` (the ``<file>.lock``
+    symlink of Optuna's JournalFileSymlinkLock) for ``seconds``; Optuna itself breaks a lock older
+    than its grace period (30 s), so a longer hold measures that recovery."""
+    code = ("import os, sys, time; lock = sys.argv[1] + '.lock'; os.symlink(sys.argv[1], lock); "
+            "print('locked', flush=True); time.sleep(float(sys.argv[2]));\n"
+            "try: os.unlink(lock)\nexcept FileNotFoundError: pass")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(journal), str(seconds)], stdout=subprocess.PIPE, text=True)
+    proc.stdout.readline()
     return proc
 
 
@@ -227,19 +235,40 @@ def second_driver(work: Path) -> Row:
                f"the first), first exit {rc1}; {details}", lost, dup)
 
 
+
+def optuna_counts(outputs: Path, prefix: str = "") -> tuple[dict[str, int], int]:
+    """(trials per Optuna study whose name starts with ``prefix``, trials left RUNNING) in the
+    study's Optuna journal file (``platform.paths.open_optuna_storage``)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from platform.paths import OPTUNA_JOURNAL, open_optuna_storage
+    journal = outputs / OPTUNA_JOURNAL
+    if not journal.exists():
+        return {}, 0
+    storage = open_optuna_storage(str(journal))
+    counts, running = {}, 0
+    for summary in optuna.get_all_study_summaries(storage=storage):
+        if summary.study_name.startswith(prefix):
+            trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)
+            counts[summary.study_name] = len(trials)
+            running += sum(t.state == TrialState.RUNNING for t in trials)
+    return counts, running
+
 def store_locked(work: Path, which: str, seconds: float = 45.0) -> Row:
     study = Study(work, f"{which}-locked")
     proc = study.start()
     study.wait("a trial past epoch 2", lambda: any(r[-1].get("epoch", 0) >= 2 for r in study.results().values()), proc)
-    holder = hold_lock(study.outputs / f"{which}.db", seconds)
+    # Optuna's store is a journal file: its writers take ``<journal>.lock``
+    target = study.outputs / ("mlflow.db" if which == "mlflow" else "optuna.journal.log")
+    holder = hold_lock(target, seconds) if which == "mlflow" else hold_journal_lock(target, seconds)
     holder.wait(timeout=seconds + 120)
     rc = proc.wait(timeout=1800)
     text = study.log.read_text(errors="replace")
     retried = len(re.findall(r"retrying in", text))
     lost, dup, details = study.audit()
-    with sqlite3.connect(study.outputs / "optuna.db") as con:
-        running = con.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
-    return Row(f"exclusive lock on {which}.db for {seconds:g} s", "writes retried with backoff; the "
+    _, running = optuna_counts(study.outputs)
+    return Row(f"exclusive lock on {target.name} for {seconds:g} s", "writes retried with backoff; the "
                "study finishes (exit 0), no Optuna trial left RUNNING",
                f"exit {rc}, {retried} retried writes logged, {running} Optuna trials RUNNING; {details}",
                lost, dup)
@@ -346,11 +375,9 @@ def absent_cluster(work: Path) -> Row:
 def mistyped_resume(work: Path) -> Row:
     study = Study(work, "typo")
     rc0, _ = study.run()
-    with sqlite3.connect(study.outputs / "optuna.db") as con:
-        before = con.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+    before = sum(optuna_counts(study.outputs)[0].values())
     rc, out = study.run("--resume", "--storage", str(work / "ray_resluts"))
-    with sqlite3.connect(study.outputs / "optuna.db") as con:
-        after = con.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+    after = sum(optuna_counts(study.outputs)[0].values())
     lost, dup, details = study.audit()
     return Row("--resume with a mistyped --storage", "exit 2 (nothing to resume); the real run's "
                "Optuna studies untouched", f"first run exit {rc0}; mistyped resume exit {rc}; Optuna "

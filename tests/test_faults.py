@@ -596,9 +596,11 @@ def test_second_driver_exits_2_sigterm_stops_like_ctrl_c_and_resume_finishes(tmp
     after = trial_results(experiment)
     assert len(after) == samples
     assert_one_finished_run_per_trial(trial_runs(tracking, "two-drivers"), set(after))
-    with sqlite3.connect(outputs / "optuna.db") as db:
-        counts = dict(db.execute("SELECT s.study_name, COUNT(t.trial_id) FROM studies s "
-                                 "JOIN trials t ON t.study_id = s.study_id GROUP BY s.study_name"))
+    import optuna
+
+    from platform.paths import open_optuna_storage
+    storage = open_optuna_storage(str(outputs / "optuna.journal.log"))
+    counts = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage=storage)}
     assert list(counts.values()) == [samples], counts
 
 
