@@ -194,8 +194,10 @@ def line_chart(series: Sequence[Series], *, x_label: str, y_label: str, x_kind: 
 
 
 def bar_chart(categories: Sequence[str], series: Sequence[Series], *, x_label: str, y_label: str,
-              unit: str = "", width: float = 7.0, height: float = 3.6, y_zero: bool = True) -> Chart | None:
-    """Grouped bars (one group per category, one bar per series) with ±std error bars."""
+              unit: str = "", width: float = 7.0, height: float = 3.6, y_zero: bool = True,
+              tick_rotation: float = 0.0) -> Chart | None:
+    """Grouped bars (one group per category, one bar per series) with ±std error bars; long
+    category names read better with ``tick_rotation`` (degrees)."""
     series = [s for s in series if any(math.isfinite(s.values[c].mean) for c in categories if c in s.values)]
     if not series or not categories:
         return None
@@ -213,7 +215,8 @@ def bar_chart(categories: Sequence[str], series: Sequence[Series], *, x_label: s
                        gid=canvas.mark(_tooltip(s.label, cat, st, unit)))
                 if _has_std(st):
                     ax.errorbar([x], [st.mean], yerr=[st.std], color="#222", capsize=2.5, linewidth=0.9)
-        ax.set_xticks(range(len(categories)), list(categories))
+        ax.set_xticks(range(len(categories)), list(categories), rotation=tick_rotation,
+                      ha="right" if tick_rotation else "center")
         ax.grid(axis="x", visible=False)
         if y_zero:
             ax.set_ylim(bottom=0)

@@ -277,6 +277,43 @@ def _backdoor_section(ctx: _Context) -> Section:
     return section
 
 
+GAIN_METRICS = {"gain/test/acc": "test accuracy", "gain/test/p_true_few": "P-few (true prior)",
+                "gain/test/p_few": "P-few (q_hat)"}
+"""Paired gains of a backdoor trial over the best single model (trainables/methods/backdoor.py
+defines them: backdoor - best single, per replicate, then mean and sample s.d.)."""
+
+
+@SECTIONS.register("ensembles")
+def _ensembles_section(ctx: _Context) -> Section:
+    section = Section("ensembles", "Ensembles vs the best single model",
+                      "Gain of each grid setting's selected backdoor configuration over the best single "
+                      "model of its pool (chosen on validation, per replicate), in points; bars are the mean "
+                      "over replicates, whiskers the sample s.d. of the paired differences. A bar above 0 "
+                      "beats the strongest baseline, not just a fixed backbone.")
+    frame = ctx.trials[ctx.trials[METHOD] == BACKDOOR] if METHOD in ctx.trials else ctx.trials.iloc[0:0]
+    metrics = [m for m in GAIN_METRICS if m in frame]
+    chart = None
+    if not frame.empty and metrics:
+        # one bar group per cell (a grid setting; never pooled across cells), named by its id and
+        # the series axes; the cell's full grid values are in the per-cell table and the CLI table
+        extra = [IMBALANCE] if IMBALANCE in frame and frame[IMBALANCE].nunique() > 1 else []
+        stats = _series_stats(ctx, frame, None, metrics, extra_by=extra + ["cell"], drop=[METHOD],
+                              empty_label=BACKDOOR)
+        categories = list(stats)
+        palette = charts.color_map([GAIN_METRICS[m] for m in metrics])
+        chart = charts.bar_chart(
+            categories,
+            [Series(GAIN_METRICS[m], palette[GAIN_METRICS[m]],
+                    {c: stats[c][None][m] for c in categories if None in stats[c]}) for m in metrics],
+            x_label="grid setting", y_label="gain over the best single model", unit="pt",
+            width=max(7.0, 0.9 * len(categories)), height=5.0, y_zero=False, tick_rotation=35.0)
+    section.figures.append(Figure("gain", "Backdoor minus the best single model",
+                                  "Per grid setting; test split, scored once for the configuration "
+                                  "selected on validation.", chart,
+                                  "No backdoor trial reported gains over single models (backdoor.baselines)."))
+    return section
+
+
 @SECTIONS.register("search")
 def _search_section(ctx: _Context) -> Section:
     section = Section("search", "Search: parameter importances and parallel coordinates",

@@ -29,7 +29,7 @@ from platform.ui import server_command
 REPO = Path(__file__).resolve().parent.parent
 #: Charts the fake study (ce, la, backdoor over two imbalance ratios) must fill.
 CHARTS_WITH_DATA = ["acc-vs-ir", "d-groups", "p-groups", "dp-heatmap-0", "dp-heatmap-1", "dp-heatmap-2",
-                    "acc-vs-m", "acc-vs-weighting", "importance-0", "parallel-0"]
+                    "acc-vs-m", "acc-vs-weighting", "gain", "importance-0", "parallel-0"]
 
 
 @pytest.fixture(scope="module")

@@ -240,6 +240,10 @@ def _backdoor_trial(world: _World, log: _Logger, out: FakeStudy, cell: str, cell
         for split in ("val", "test"):
             logits = sum(wk * s[split] for wk, s in zip(weights, strata))
             metrics.update(compute_metrics(logits, strata[0][f"y_{split}"], strata[0]["counts"], world.q[0], split=split))
+        # the paired gain over the best stratum chosen on validation (as trainables.methods.backdoor)
+        best = strata[int(np.argmax(accs))]
+        single = compute_metrics(best["test"], best["y_test"], best["counts"], world.q[0], split="test")
+        metrics["gain/test/acc"] = metrics["test/acc"] - single["test/acc"]
         per_seed.append(metrics)
     keys = per_seed[0].keys()
     final = {k: float(np.mean([p[k] for p in per_seed])) for k in keys}
