@@ -58,7 +58,7 @@ backbones:
   - {{family: toy, label: toy-bottom, pretrain: {pretrain_bottom}}}
 finetune: {{peft: adaptformer, head: text, epochs: {epochs}, lr: 0.02, batch_size: 128, augment: false}}
 method: {{name: backdoor}}
-backdoor: {{confounders: 2, aggregation: logprob, stratum_method: {{name: la, tau: 1.0}}}}
+backdoor: {{confounders: 2, aggregation: logprob, stratum_method: {{name: la, tau: 1.0}}, baselines: [{{name: la}}]}}
 search:
   algorithm: optuna
   num_samples: {samples}
