@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
-from trainables.contract import SPEC_ARTIFACT_DIR, SPEC_FILE, UI_QUERY, Level, Tag, sqlite_path
+from trainables.contract import SPEC_ARTIFACT_DIR, SPEC_FILE, UI_QUERY, Level, Tag
 
 LEVEL_TAG, CELL_TAG, SEED_TAG = Tag.LEVEL, Tag.CELL, Tag.SEED
 TRIAL_ID_TAG, OPTUNA_TRIAL_TAG, ERROR_TAG, PARENT_TAG = Tag.TRIAL_ID, Tag.OPTUNA_TRIAL, Tag.ERROR, Tag.PARENT

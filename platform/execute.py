@@ -10,10 +10,10 @@ the configuration selected on the validation metric, with its test metrics read 
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import signal
-import statistics
 import threading
 import time
 from pathlib import Path

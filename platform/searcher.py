@@ -50,7 +50,7 @@ from ray.tune.search import Searcher
 
 from platform.paths import open_optuna_storage
 from platform.plan import apply_params
-from platform.retry import retry, sqlite_engine_kwargs
+from platform.retry import retry
 from platform.space import grid_values, sample
 from trainables.contract import (META_KEY, STAGE1_CELL, Envelope, strip_meta, trial_meta,
                                  with_envelope)

@@ -28,6 +28,7 @@ drift apart: ``trainables`` is the lowest layer, so ``platform`` and ``dashboard
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 META_KEY = "ltbias"
@@ -60,11 +61,9 @@ class Envelope:
         return asdict(self)
 
 
-def sqlite_path(uri: str) -> "Path | None":
+def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///...`` tracking URI, or None for any other URI (one rule
     for the driver, which writes the store, and the dashboards, which read it)."""
-    from pathlib import Path
-
     prefix = "sqlite:///"
     if not uri.startswith(prefix):
         return None
