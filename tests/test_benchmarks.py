@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -18,6 +19,16 @@ REQUIRED = {"name", "goal", "ratio", "passed_goal", "details", "machine", "comma
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """The in-process peer (Ray's MLflowLoggerCallback) exports MLFLOW_TRACKING_URI; later tests
+    read that variable as the default tracking URI, so each benchmark test gets the environment back."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _check(out, name: str) -> dict:
