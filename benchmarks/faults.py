@@ -81,7 +81,8 @@ class Study:
         self.outputs = work / "outputs"
         self.experiment = self.outputs / "ray_results" / name
         self.tracking = f"sqlite:///{self.outputs / 'mlflow.db'}"
-        self.env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+        self.env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI",
+                                                                   "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
         self.env.update(RAY_AUTH_MODE="disabled", LTBIAS_OUTPUTS=str(self.outputs),
                         PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
         self.log = work / f"{name}.log"

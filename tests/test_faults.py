@@ -60,8 +60,11 @@ def free_port() -> int:
 
 
 def study_env(outputs: Path) -> dict[str, str]:
-    """The environment of a study subprocess: results under ``outputs``, no cluster inherited."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    """The environment of a study subprocess: results under ``outputs``, no cluster inherited, and
+    not the loopback switch an in-process local study of this test session set (platform.run sets it
+    itself for a local study; a multi-node ``ray start`` refuses to run with it)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     env.update(RAY_AUTH_MODE="disabled", LTBIAS_OUTPUTS=str(outputs), PYTHONUNBUFFERED="1",
                RAY_DEDUP_LOGS="0", HF_HUB_OFFLINE="1")
     return env
