@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo test test-fast bench faults report ui schema clean
+.PHONY: demo test test-fast test-bench bench faults report ui schema clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -15,7 +15,11 @@ demo: $(STAMP)
 	$(PY) -m platform.report studies/ablate_confounder.yaml
 
 test: $(STAMP)
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra --timeout=900 tests
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra --timeout=900 -m "not bench" tests
+
+# The Ray-study benchmarks at quick size (about 6 minutes on 2 cores); kept out of `make test`.
+test-bench: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra --timeout=900 -m bench tests
 
 test-fast: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m "not slow" tests

@@ -389,7 +389,8 @@ def worker_node_killed(work: Path) -> Row:
     """The 2-node loopback cluster test (tests/test_faults.py) and the record it writes."""
     test = "tests/test_faults.py::test_worker_node_killed_mid_study_trials_resume_from_checkpoint_one_run_each"
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test],
-                         cwd=REPO, capture_output=True, text=True, timeout=1800)
+                         cwd=REPO, capture_output=True, text=True, timeout=1800,
+                         env={**os.environ, "LTBIAS_NODE_KILL_SQLITE": "1"})
     record = REPO / "tests" / "_artifacts" / "node_kill.json"
     if out.returncode != 0 or not record.exists():
         return Row("worker node SIGKILLed (2-node cluster)", "trials resume from checkpoints elsewhere",

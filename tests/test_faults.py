@@ -9,8 +9,10 @@ measurements to tests/_artifacts/node_kill.json.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -247,10 +249,31 @@ class LoopbackCluster:
                 kill_tree(self.nodes[role].pid)
 
 
+def _pg_bin() -> Path | None:
+    """The folder of PostgreSQL's server binaries (Debian keeps them out of PATH)."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").exists():
+            return candidate
+    return None
+
+
+def postgres_stack_available() -> bool:
+    """Whether tests/test_tracking_server.py runs (PostgreSQL, moto, boto3, psycopg2 installed)."""
+    return _pg_bin() is not None and all(importlib.util.find_spec(m) is not None
+                                         for m in ("boto3", "moto", "psycopg2"))
+
+
 # --------------------------------------------------------------------------- the tests
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+@pytest.mark.skipif(postgres_stack_available() and not os.environ.get("LTBIAS_NODE_KILL_SQLITE"),
+                    reason="the same node kill, with the same checks, runs in tests/test_tracking_server.py "
+                           "against PostgreSQL + S3 (one 2-minute run, not two); LTBIAS_NODE_KILL_SQLITE=1 "
+                           "runs this one too (python -m benchmarks.faults does)")
 def test_worker_node_killed_mid_study_trials_resume_from_checkpoint_one_run_each(tmp_path: Path) -> None:
     seeds = [0, 1, 2, 3]
     study = write_study(tmp_path, "node-kill", seeds=seeds)
