@@ -27,8 +27,8 @@ from platform import paths
 from platform.errors import EnvironmentFailure, PlatformInputError
 from platform.guard import DriverLock, Reaper, check_address
 from platform.progress import ProgressCallback
-from platform.searcher import CellSearcher, get_path, iter_groups, study_name
-from trainables.contract import STAGE1_CELL, strip_meta, trial_meta
+from platform.searcher import CellSearcher, get_path, iter_groups, plan_bases, study_name
+from trainables.contract import STAGE1_CELL, resolve_config, strip_meta, trial_meta
 from trainables.selection import REPLICATES_METRIC, finite, group_score, select_group
 from platform.tracking import MLflowStudyCallback, check_tracking
 from trainables.stats import STD_SUFFIX, summarize
@@ -246,15 +246,22 @@ def default_trainable() -> Callable[[dict], None]:
     return tune_trainable
 
 
-def without_meta(fn: Callable[[dict], Any], metric: str | None = None) -> Callable[[dict], Any]:
-    """``fn`` called with the trial config minus the searcher's ``ltbias`` key (a TrialConfig dict).
+def without_meta(fn: Callable[[dict], Any], metric: str | None = None,
+                 bases: dict[str, dict] | None = None) -> Callable[[dict], Any]:
+    """``fn`` called with the resolved trial config minus the searcher's ``ltbias`` key (a
+    TrialConfig dict).
 
-    The wrapper is a closure, so cloudpickle ships it by value: Ray workers never import
+    Tune's trial configs are compact (``trainables.contract.compact_config``); ``bases`` (the
+    plan's ``plan_bases``) resolves them. The wrapper is a closure, so cloudpickle ships it by
+    value, ``bases`` included, once with the trainable (Tune registers it in the object store, on
+    a multi-node cluster too, and ``Tuner.restore`` is handed it again): Ray workers never import
     ``platform`` (which they would resolve to the standard-library module) to run it.
     """
+    shared = dict(bases or {})
+
     def ltbias_trial(config: dict) -> Any:
         try:
-            return fn({k: v for k, v in config.items() if k != "ltbias"})
+            return fn(strip_meta(resolve_config(config, shared)))
         except Exception as exc:
             if is_deterministic(exc) and metric:
                 # Tell the driver first (it then stops Tune from retrying), then fail for real.
@@ -266,13 +273,13 @@ def without_meta(fn: Callable[[dict], Any], metric: str | None = None) -> Callab
 
 # --------------------------------------------------------------------------- results
 
-def _records(results: Any) -> list[dict]:
-    """Plain trial records (trial_id, config, status, result) from a Tune ResultGrid."""
+def _records(results: Any, bases: dict[str, dict]) -> list[dict]:
+    """Plain trial records (trial_id, resolved config, status, result) from a Tune ResultGrid."""
     out = []
     for res in results:
         metrics = dict(res.metrics or {})
         out.append({"trial_id": metrics.get("trial_id") or Path(res.path).name,
-                    "config": res.config or {}, "status": "ERROR" if res.error else "TERMINATED",
+                    "config": resolve_config(res.config or {}, bases), "status": "ERROR" if res.error else "TERMINATED",
                     "result": metrics, "error": _error_text(res.error) if res.error else None})
     return out
 
@@ -472,14 +479,16 @@ def _run_locked(plan: Any, args: Any, name: str, storage: str, tracking_uri: str
             execution = _stamp(local_experiment, plan)
     execution = execution or _new_execution()
 
-    fn = without_meta(trainable or default_trainable(), plan.metric)
+    bases = plan_bases(plan)  # the shared base configs Tune's compact trial configs refer to
+    fn = without_meta(trainable or default_trainable(), plan.metric, bases)
     resources = {"cpu": float(plan.resources["cpu"]), "gpu": float(plan.resources["gpu"])}
     # Nothing to restore means a fresh execution: it must not reopen an older study run.
     tracker = MLflowStudyCallback(tracking_uri, plan, experiment_uri, resume=resume)
     tracker.tracker.execution = execution
     log_path = (local_experiment / "progress.log") if local_experiment is not None else None
     progress = ProgressCallback(name, plan.metric, plan.mode, log_path,
-                                interval_s=progress_interval_s, total_trials=plan.total_trials)
+                                interval_s=progress_interval_s, total_trials=plan.total_trials,
+                                bases=bases)
     # num_to_keep forces an experiment snapshot after checkpoints; on a study of short trials
     # Tune then warns every few seconds about snapshot frequency, which drowns the progress line.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -516,7 +525,7 @@ def _run_locked(plan: Any, args: Any, name: str, storage: str, tracking_uri: str
             callback.interrupt()
             raise KeyboardInterrupt(f"study {name!r} stopped with {finished}/{plan.total_trials} "
                                     f"trials finished; continue it with --resume")
-        records = _records(results)
+        records = _records(results, bases)
         callback.tracker.reconcile(r["trial_id"] for r in records)  # no orphan, no duplicate run
         rows = select_rows(plan, records)
         failed = sum(r["status"] == "ERROR" for r in records)

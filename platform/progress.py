@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from platform.searcher import get_path, trial_meta
+from platform.searcher import get_path, resolve_config, trial_meta
 
 
 class ProgressCallback(Callback):
@@ -23,8 +23,9 @@ class ProgressCallback(Callback):
 
     def __init__(self, study: str, metric: str, mode: str, log_path: str | Path | None,
                  *, interval_s: float = 5.0, total_trials: int | None = None,
-                 stream: TextIO | None = None):
+                 stream: TextIO | None = None, bases: dict[str, dict] | None = None):
         self.study = study
+        self.bases = bases or {}  # the plan's shared base configs (``platform.searcher.plan_bases``)
         self.metric = metric
         self.mode = mode
         self.log_path = Path(log_path) if log_path else None
@@ -83,7 +84,7 @@ class ProgressCallback(Callback):
         for t in trials:
             if t.status != "RUNNING":
                 continue
-            epochs = get_path(t.config, "finetune.epochs")
+            epochs = get_path(resolve_config(t.config, self.bases), "finetune.epochs")
             cell = trial_meta(t.config).get("cell", "?")
             epoch = (t.last_result or {}).get("epoch", 0)
             active.append(f"{t.trial_id[-4:]} {cell} ep {int(epoch)}/{epochs}" if epochs else

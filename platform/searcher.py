@@ -20,9 +20,13 @@
    ``suggest`` while prerequisites run would let Tune drop to one worker for the rest of the
    study, because short stage-2 trials finish before a new worker process has started.
 
-Trial configs stay valid ``TrialConfig`` dicts plus one top-level key, ``ltbias`` (cell, stage,
-optuna_trial, seed), that the trainable strips before validating and that tracking and reporting
-read. The searcher's bookkeeping is pickled by ``save``; Optuna's state lives in its storage, so
+The trial configs Tune carries are compact (``trainables.contract.compact_config``): one top-level
+key, ``ltbias``, holding the envelope (cell, stage, optuna_trial, seed), the content key of the
+trial's shared base config and the trial's own values (searched values, replicate seeds). Their
+size does not grow with the base config (pool, backdoor sections, grid), so neither does Tune's
+experiment state per trial. ``plan_bases`` gives the base configs; the trainable, tracking and the
+records resolve a trial's full ``TrialConfig`` dict (plus envelope) with
+``trainables.contract.resolve_config``. The searcher's bookkeeping is pickled by ``save``; Optuna's state lives in its storage, so
 ``Tuner.restore`` continues where the study stopped without rerunning a finished trial.
 
 Crash safety: the Optuna studies of one execution are named ``<study>/<execution>/<cell id>``
@@ -52,8 +56,8 @@ from platform.paths import open_optuna_storage
 from platform.plan import apply_params
 from platform.retry import retry
 from platform.space import grid_values, sample
-from trainables.contract import (META_KEY, STAGE1_CELL, Envelope, strip_meta, trial_meta,
-                                 with_envelope)
+from trainables.contract import (META_KEY, STAGE1_CELL, Envelope, compact_config, config_key,
+                                 resolve_config, strip_meta, trial_meta, with_envelope)
 from trainables.selection import finite
 
 
@@ -125,6 +129,16 @@ def replicate_label(rep: dict | None) -> str | None:
         return None
     from trainables.config import Replicate
     return Replicate.model_validate(rep).label()
+
+
+def plan_bases(plan: Any) -> dict[str, dict]:
+    """The plan's shared base configs by content key (``trainables.contract.config_key``): each
+    prerequisite and each cell's base config. Tune's trial configs refer to them
+    (``compact_config``); the trainable and the driver resolve them with these
+    (``resolve_config``). A function of the plan alone, so a restored study finds them again."""
+    bases = [dict(p) for p in (_field(plan, "prerequisites", None) or [])]
+    bases += [copy.deepcopy(dict(c.base_config)) for c in plan.cells]
+    return {config_key(b): b for b in bases}
 
 
 def cell_group_size(cell: Any) -> int:
@@ -219,7 +233,7 @@ class CellSearcher(Searcher):
             self._trials[trial_id] = (STAGE1_CELL, index)
             config = copy.deepcopy(self._prereqs[index])
             with_envelope(config, Envelope(STAGE1_CELL, 1, group=index, seed=config.get("seed")))
-            return config
+            return compact_config(config, self._prereqs[index])
         for cid in self._cells:
             if not self._exhausted(cid):
                 return self._next_of_cell(cid, trial_id)
@@ -338,6 +352,7 @@ class CellSearcher(Searcher):
         st, cell = self._state[cid], self._cells[cid]
         space = _field(cell, "space", None) or {}
         base = copy.deepcopy(dict(cell.base_config))
+        shared = copy.deepcopy(base)  # what the trial configs refer to (``plan_bases``)
         number = None
         if space:
             number, values = self._ask(cid, space, base)
@@ -355,7 +370,7 @@ class CellSearcher(Searcher):
                                            group=gindex, optuna_trial=number,
                                            seed=None if rep is None else config["seed"],
                                            replicate=replicate_label(rep)))
-            configs.append(config)
+            configs.append(compact_config(config, shared))
         return configs
 
     def _ask(self, cid: str, space: dict, base: dict) -> tuple[int, dict]:
@@ -424,6 +439,6 @@ def iter_groups(records: Iterable[dict]) -> dict[tuple[str, int], list[dict]]:
     return groups
 
 
-__all__ = ["CellSearcher", "META_KEY", "SAMPLER_ATTR", "STAGE1_CELL", "cell_num_trials", "cell_replicates",
+__all__ = ["CellSearcher", "META_KEY", "plan_bases", "resolve_config", "SAMPLER_ATTR", "STAGE1_CELL", "cell_num_trials", "cell_replicates",
            "get_path", "grid_values", "iter_groups", "optuna_study_name", "plan_num_trials",
            "strip_meta", "study_name", "trial_meta"]

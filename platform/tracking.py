@@ -31,11 +31,12 @@ from ray.tune import Callback
 
 from platform.paths import REPO_ROOT, sqlite_path
 from platform.retry import Retrying
-from platform.searcher import study_name
+from platform.searcher import plan_bases, study_name
 from trainables.contract import (DISPLAY_DIGITS, EXPERIMENT_KIND_TRAINING, GRID_PARAM_PREFIX, HEADLINE_METRICS,
                                  SPEC_ARTIFACT_DIR, SPEC_FILE, STAGE1_CELL, SUMMARY_ARTIFACT_DIR,
                                  SUMMARY_FILE, TRIAL_ARTIFACT_DIR, Level, Tag, display, flatten,
-                                 grid_run_name, trial_meta, trial_params, trial_run_name, trial_tags)
+                                 grid_run_name, resolve_config, trial_meta, trial_params,
+                                 trial_run_name, trial_tags)
 from trainables.selection import finite
 
 LEVEL, CELL, TRIAL_ID, STUDY_RUN = Tag.LEVEL, Tag.CELL, Tag.TRIAL_ID, Tag.STUDY_RUN
@@ -197,7 +198,14 @@ class StudyTracker:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_client"] = None  # reopened on the other side of a pickle (Tuner.restore)
+        state.pop("_bases", None)  # recomputed from the plan
         return state
+
+    def resolve(self, config: dict) -> dict:
+        """A Tune trial config resolved against the plan's shared base configs (``plan_bases``)."""
+        if getattr(self, "_bases", None) is None:
+            self._bases = plan_bases(self.plan)
+        return resolve_config(config, self._bases)
 
     @property
     def client(self) -> MlflowClient:
@@ -291,6 +299,7 @@ class StudyTracker:
         """The run of Tune trial ``trial_id``, found again (retry, resume) or created."""
         if trial_id in self._trial_runs:
             return self._trial_runs[trial_id]
+        config = self.resolve(config)
         meta = trial_meta(config)
         cell_id = str(meta.get("cell") or STAGE1_CELL)
         cell_run = self.cell_run(cell_id)

@@ -14,7 +14,10 @@ from ray.tune.search import Searcher
 from platform.paths import open_optuna_storage
 from platform.plan import apply_params
 from plans import plan_from_text
-from platform.searcher import META_KEY, STAGE1_CELL, CellSearcher, get_path, strip_meta, trial_meta
+import json
+
+from platform.searcher import (META_KEY, STAGE1_CELL, CellSearcher, get_path, plan_bases,
+                               plan_num_trials, resolve_config, strip_meta, trial_meta)
 from platform.space import sample
 from trainables.config import TrialConfig
 
@@ -49,12 +52,71 @@ def plan(tmp_path):
 
 
 def _suggest_all(searcher: CellSearcher, n: int, start: int = 0) -> list[tuple[str, dict]]:
+    """(trial id, resolved trial config) of the next ``n`` suggestions."""
     out = []
+    bases = plan_bases(searcher._plan)
     for i in range(start, start + n):
         config = searcher.suggest(f"t{i}")
         assert isinstance(config, dict), f"suggestion {i} was {config!r}"
-        out.append((f"t{i}", config))
+        out.append((f"t{i}", resolve_config(config, bases)))
     return out
+
+
+def _pool_study(members: int) -> str:
+    backbones = "\n".join(
+        f"  - {{{{family: toy, label: m{i}, pretrain: {{{{seed: {i}, corpus_size: 1000, epochs: 3, "
+        f"width: 32, depth: 1}}}}}}}}" for i in range(members))
+    confounders = ", ".join(str(m) for m in range(1, members + 1))
+    return f"""
+name: pool-{members}
+dataset:
+  name: toy_lt
+  imbalance_ratio: 10
+  val_per_class: 5
+  world: {{{{num_classes: 5, n_max: 40, test_per_class: 10, image_size: 16}}}}
+backbones:
+{backbones}
+finetune: {{{{peft: linear, head: linear, epochs: 2, lr: 0.5, batch_size: 64, augment: false}}}}
+method: {{{{name: backdoor}}}}
+grid:
+  backdoor.confounders: [{confounders}]
+search: {{{{algorithm: grid}}}}
+seeds: [0, 1]
+storage: {{tmp}}/storage
+tracking_uri: sqlite:///{{tmp}}/mlflow.db
+"""
+
+
+def test_tune_trial_configs_stay_small_whatever_the_pool_and_grid_size(tmp_path):
+    """Tune keeps every trial's config (several copies) in its experiment state: the config it
+    carries is the envelope, a base-config key and the trial's own values, whatever the size of
+    the shared base (pool members) or of the grid; the full config is resolved from the plan."""
+    largest = {}
+    for members in (2, 8):
+        folder = tmp_path / str(members)
+        folder.mkdir()
+        plan = plan_from_text(_pool_study(members), folder)
+        s, bases = CellSearcher(plan), plan_bases(plan)
+        sizes, full = [], []
+        for i in range(plan_num_trials(plan)):
+            config = s.suggest(f"t{i}")
+            resolved = resolve_config(config, bases)
+            TrialConfig.model_validate(strip_meta(resolved))
+            assert trial_meta(resolved)["cell"] == trial_meta(config)["cell"]
+            if trial_meta(config)["cell"] != STAGE1_CELL:
+                assert len(resolved["pool"]) == members
+            sizes.append(len(json.dumps(config)))
+            full.append(len(json.dumps(resolved)))
+        assert s.suggest("end") == Searcher.FINISHED
+        largest[members] = max(sizes)
+        assert max(sizes) < max(full) / 3, (sizes, full)
+    assert largest[8] <= largest[2] + 16, largest  # a digit more in a key or a group index at most
+
+
+def test_a_config_from_another_plan_names_the_fix(plan):
+    config = CellSearcher(plan).suggest("t0")
+    with pytest.raises(ValueError, match="study file it started with"):
+        resolve_config(config, {})
 
 
 def _optuna_trials(plan, cell_id: str) -> list:

@@ -3,9 +3,11 @@
 One module names everything that crosses those seams, so that a writer and its readers cannot
 drift apart: ``trainables`` is the lowest layer, so ``platform`` and ``dashboards`` both import it.
 
-- **The trial envelope.** A Tune trial config is a ``TrialConfig`` dict plus one top-level key,
-  ``META_KEY``, holding the trial's place in the study (:class:`Envelope`: cell, stage, replicate
-  group, Optuna trial number, seed). The trainable strips it before validating.
+- **The trial envelope.** A resolved trial config is a ``TrialConfig`` dict plus one top-level
+  key, ``META_KEY``, holding the trial's place in the study (:class:`Envelope`: cell, stage,
+  replicate group, Optuna trial number, seed). The trainable strips it before validating. The
+  config Tune carries is compact (:func:`compact_config`: the envelope, a base-config key and the
+  trial's own values); :func:`resolve_config` is the one place that makes it whole again.
 - **MLflow names.** Tag names (:class:`Tag`), run levels (:class:`Level`), artifact folders, the
   prefix of grid values on the study run.
 - **What each run carries.**
@@ -27,6 +29,9 @@ drift apart: ``trainables`` is the lowest layer, so ``platform`` and ``dashboard
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -85,6 +90,72 @@ def with_envelope(config: dict, envelope: Envelope) -> dict:
     """``config`` with its envelope set (in place; returned for chaining)."""
     config[META_KEY] = envelope.to_dict()
     return config
+
+
+BASE_FIELD, OVERRIDES_FIELD = "base", "overrides"
+"""Envelope fields of a compact trial config: the key of its shared base config and its own values."""
+
+
+def config_key(config: Mapping) -> str:
+    """The content key of a base config (the same config gives the same key in every process)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _set_path(config: dict, path: str, value: Any) -> None:
+    """``config[a][b][c] = value`` for ``path='a.b.c'`` (list elements by index), as ``flatten``
+    names them; missing dict levels are created. Raises KeyError/IndexError/TypeError on a path
+    the config cannot hold."""
+    parts = path.split(".")
+    node: Any = config
+    for key in parts[:-1]:
+        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+    if isinstance(node, list):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
+
+
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def compact_config(config: Mapping, base: Mapping) -> dict:
+    """The trial config Tune carries: only the envelope, extended with the key of the shared
+    ``base`` config and the trial's own values (searched values, replicate seeds) by ``flatten``
+    path. Its size does not grow with the base (pool members, grid sections): the trainable and
+    the driver hand the base configs once (``resolve_config``). A config whose difference from
+    ``base`` paths cannot express is returned whole."""
+    body, flat_base = strip_meta(config), flatten(dict(base))
+    overrides = {k: v for k, v in flatten(body).items()
+                 if k not in flat_base or not _same(flat_base[k], v)}
+    key = config_key(base)
+    out = {META_KEY: {**trial_meta(config), BASE_FIELD: key, OVERRIDES_FIELD: overrides}}
+    try:
+        if _same(resolve_config(out, {key: base}), config):
+            return out
+    except (KeyError, IndexError, TypeError, ValueError):
+        pass
+    return dict(config)
+
+
+def resolve_config(config: Mapping, bases: Mapping[str, Mapping]) -> dict:
+    """The full trial config (TrialConfig dict plus the envelope) of a Tune trial config: a compact
+    one (``compact_config``) is its base with its own values set; any other is returned as is.
+    The one place where a trial config is resolved: the trainable, tracking and the records."""
+    meta = trial_meta(config)
+    if BASE_FIELD not in meta:
+        return dict(config)
+    key, overrides = meta.pop(BASE_FIELD), meta.pop(OVERRIDES_FIELD, None) or {}
+    if key not in bases:
+        raise ValueError(f"trial config refers to base config {key}, which this study's plan does "
+                         "not hold: the study file changed since the study started; resume it "
+                         "with the study file it started with")
+    out = copy.deepcopy(dict(bases[key]))
+    for path, value in overrides.items():
+        _set_path(out, path, copy.deepcopy(value))
+    out[META_KEY] = meta
+    return out
 
 
 class Level:
@@ -261,7 +332,8 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["DISPLAY_DIGITS", "ENSEMBLE_SECTIONS", "EXPERIMENT_KIND_TRAINING", "Envelope",
+__all__ = ["BASE_FIELD", "OVERRIDES_FIELD", "compact_config", "config_key", "resolve_config",
+           "DISPLAY_DIGITS", "ENSEMBLE_SECTIONS", "EXPERIMENT_KIND_TRAINING", "Envelope",
            "GRID_PARAM_PREFIX", "HEADLINE_METRICS", "Level", "META_KEY", "STAGE1_CELL",
            "SPEC_ARTIFACT_DIR", "SPEC_FILE", "SUMMARY_ARTIFACT_DIR", "SUMMARY_FILE", "Tag",
            "TRIAL_ARTIFACT_DIR", "UI_QUERY", "axis_label", "sqlite_path", "display", "flatten", "grid_run_name", "method_fields",
