@@ -28,17 +28,35 @@ training image counted as one so that log p_s stays finite.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol
 
 import numpy as np
-import torch
+from pydantic import create_model
 
 from trainables.config import MethodConfig
 from trainables.registry import Registry
 
-ArrayLike = np.ndarray | torch.Tensor
+
+class LazyModule:
+    """A module imported on first attribute access: the method modules hold their configs, which the
+    study spec validates before any heavy import (tests/test_bad_input.py), so torch loads on first use."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")
+
+ArrayLike = "np.ndarray | torch.Tensor"
 
 
 class LossFn(Protocol):
@@ -48,8 +66,8 @@ class LossFn(Protocol):
 
 
 LossFactory = Callable[[MethodConfig, np.ndarray, int, "np.ndarray | None", float], LossFn]
-AdjustFn = Callable[[torch.Tensor, MethodConfig, np.ndarray, "np.ndarray | None", "torch.Tensor | None"],
-                    torch.Tensor]
+AdjustFn = Callable[["torch.Tensor", MethodConfig, np.ndarray, "np.ndarray | None", "torch.Tensor | None"],
+                    "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +81,23 @@ class Method:
     two_phase: bool = False
     needs_prior: bool = False
     needs_zeroshot: bool = False
-    params: tuple[str, ...] = ()  # the MethodConfig fields this method reads (all that enter a cache key)
+    config: type[MethodConfig] | None = None  # its config model; None = ``name`` alone
     doc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.config is None:
+            object.__setattr__(self, "config", create_model(
+                f"{self.name}_config", __base__=MethodConfig, __doc__=f"{self.name}: no hyper-parameters",
+                name=(Literal[self.name], self.name)))  # type: ignore[valid-type]
+        name_field = self.config.model_fields.get("name")  # type: ignore[union-attr]
+        if name_field is None or name_field.annotation != Literal[self.name]:  # type: ignore[comparison-overlap]
+            raise TypeError(f"method {self.name!r}: its config {self.config.__name__} must declare "  # type: ignore[union-attr]
+                            f"name: Literal[{self.name!r}] = {self.name!r}")
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """The config fields this method reads besides ``name`` (exactly those enter its cache key)."""
+        return tuple(f for f in self.config.model_fields if f != "name")  # type: ignore[union-attr]
 
     def make_loss(self, cfg: MethodConfig, train_counts: np.ndarray, epochs: int,
                   q_hat: np.ndarray | None = None, logit_scale: float = 1.0) -> LossFn:

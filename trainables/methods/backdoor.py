@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from trainables.config import BackboneConfig, MethodConfig, TrialConfig, apply_replicate
+from trainables.config import BackboneConfig, MethodConfig, TrialConfig, apply_replicate, method_config
 from trainables.methods import Method, get_method, log_prior, log_train_prior, register
 from trainables.methods.weighting import (WeightingInput, accuracy, aggregate, log_softmax,  # noqa: F401
                                           normalise_weights, uniform_weights, weights_for)
@@ -112,7 +112,7 @@ def baseline_plan(cfg: TrialConfig) -> list[tuple[int, BackboneConfig, MethodCon
             if kind == "ensemble":
                 raise ValueError(f"backdoor.baselines: {m.name!r} is not a single-model method; use "
                                  "training (ce, la, ...) or post-hoc (gla, posthoc_la) methods")
-            train = m if kind == "train" else m.model_copy(update={"name": m.base_method})
+            train = m if kind == "train" else method_config(name=m.base_method)
             out.append((i, bb, train, m))
     return out
 
