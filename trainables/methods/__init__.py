@@ -20,6 +20,11 @@ Interface
   ``trainables/methods/backdoor.py``, which this package imports when the file exists). Its
   interface is that module's own; ``make_loss`` / ``adjust`` are not used.
 
+``config`` is the method's own pydantic model (a ``trainables.config.MethodConfig`` subclass with
+``name: Literal["<name>"]`` and its hyper-parameters, declared next to its loss or adjustment);
+``Method.params`` are its fields besides ``name``, exactly what enters the stage-1 cache key and the
+trial's MLflow params. ``cfg`` below is an instance of it.
+
 ``needs_prior=True`` (gla, gla_train) means the caller must pass ``q_hat``, the backbone's estimated
 pre-training prior (``trainables.prior.estimate_prior``). ``train_counts`` are the downstream
 training images per class; p_s = train_counts / sum(train_counts), with a class that has no
@@ -103,8 +108,9 @@ class Method:
                   q_hat: np.ndarray | None = None, logit_scale: float = 1.0) -> LossFn:
         """The training loss of a ``train`` method."""
         if self.loss_factory is None:
-            raise ValueError(f"method {self.name!r} is a {self.kind} method and has no training loss; "
-                             f"train its base method ({cfg.base_method!r}) instead")
+            base = getattr(cfg, "base_method", None)
+            raise ValueError(f"method {self.name!r} is a {self.kind} method and has no training loss"
+                             + (f"; train its base method ({base!r}) instead" if base else ""))
         self._check_prior(q_hat, len(train_counts))
         return self.loss_factory(cfg, np.asarray(train_counts), epochs, q_hat, logit_scale)
 
