@@ -166,7 +166,7 @@ def run_backdoor(cfg: TrialConfig, stage1: Callable, compute_metrics: Callable) 
         ref = results[0]
         own = stage1(rc, rc.backbone, bd.stratum_method, rc.seed)
         ref_q, ref_true = own.q_hat, own.true_prior
-        tau = bd.stratum_method.tau
+        tau = getattr(bd.stratum_method, "tau", 1.0)  # debias la: the stratum method's tau, 1 when it has none
         val_out = [debias(r.val_logits, bd.debias, r.train_counts, r.q_hat, tau) for r in results]
         test_out = [debias(r.test_logits, bd.debias, r.train_counts, r.q_hat, tau) for r in results]
         # pool positions of the strata (the seeds control has no pool positions: 0..M-1)
