@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationError
 
 from platform.dotpath import set_path
+from platform.run import format_plan
 from plans import plan_from_text
 from test_trainable import C, Recorder, T, _config, checkpoint  # noqa: F401 - the fixture
 from trainables.cache import stage1_key
@@ -74,6 +75,8 @@ def test_a_registered_method_is_planned_keyed_and_logged_by_its_own_fields(dummy
     assert cells[NAME].kind == "train"
     assert cells[NAME].base_config["method"] == {"name": NAME, "temperature": 2.0}
     assert cells["ce"].base_config["method"] == {"name": "ce"}  # the grid dropped the other method's field
+    table = format_plan(plan)  # --dry-run shows each cell's resolved method
+    assert f"{NAME} temperature=2.0" in table and "temperature" not in table.split(f"{cells['ce'].id} ", 1)[1].split("\n")[0]
     params = trial_params(cells[NAME].base_config)
     assert params["method.temperature"] == 2.0 and "method.tau" not in params
     assert not any(k.startswith("method.") and k != "method.name" for k in trial_params(cells["ce"].base_config))
