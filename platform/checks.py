@@ -43,7 +43,10 @@ def trial_problems(trial: dict) -> list[tuple[PathTuple, Any, str]]:
     methods = _method_names()
     kinds: dict[PathTuple, str] = {}
     for path in (("method", "name"), ("method", "base_method"), ("backdoor", "stratum_method", "name")):
-        name = get_path(trial, path)
+        try:
+            name = get_path(trial, path)
+        except KeyError:  # base_method: only the post-hoc methods' configs have it
+            continue
         if name not in methods:
             problems.append((path, name, f"unknown method{did_you_mean(name, methods)} "
                                          f"(known: {', '.join(methods)})"))

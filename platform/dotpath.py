@@ -20,6 +20,7 @@ from typing import Annotated, Any, Iterable, Sequence
 from pydantic import BaseModel
 
 from platform.errors import did_you_mean, show_value
+from trainables.config import MethodConfig
 
 Segment = str | int
 PathTuple = tuple[Segment, ...]
@@ -53,6 +54,18 @@ def _is_model(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
+def _method_fields() -> dict[str, Any]:
+    """A method block's possible fields: those of every registered method's config (the union
+    tagged by ``name``; which of them a cell may set depends on its method, checked on validation)."""
+    from trainables.methods import METHODS
+    out: dict[str, Any] = {}
+    for _, method in METHODS.items():
+        for name, info in method.config.model_fields.items():
+            out.setdefault(name, info)
+    out["name"] = MethodConfig.model_fields["name"]
+    return out
+
+
 def resolve_path(model: type[BaseModel], segments: Sequence[Segment],
                  roots: Sequence[str] | None = None) -> tuple[list[Segment], Any]:
     """Check ``segments`` against ``model``'s fields; return (segments with a dict key joined,
@@ -69,11 +82,12 @@ def resolve_path(model: type[BaseModel], segments: Sequence[Segment],
         seq = next((m for m in members if typing.get_origin(m) is list), None)
         mapping = next((m for m in members if typing.get_origin(m) is dict), None)
         if sub is not None and isinstance(seg, str) and seg != "*":
-            known = list(sub.model_fields) if (i or roots is None) else list(roots)
+            fields = _method_fields() if sub is MethodConfig else sub.model_fields
+            known = list(fields) if (i or roots is None) else list(roots)
             if seg not in known:
                 raise ValueError(f"no field {seg!r} in {where}{did_you_mean(seg, known)} "
                                  f"(fields: {', '.join(known)})")
-            annotation = sub.model_fields[seg].annotation
+            annotation = fields[seg].annotation
             out.append(seg)
         elif seq is not None and (isinstance(seg, int) or seg == "*"):
             annotation = (typing.get_args(seq) or (Any,))[0]
@@ -109,9 +123,36 @@ def get_path(doc: Any, segments: Sequence[Segment]) -> Any:
     raise KeyError(f"{seg!r} does not exist here")
 
 
+#: Where a method block sits (its parent key, or ``baselines`` two levels up): setting its ``name``
+#: to another method drops the fields that method does not have.
+_METHOD_KEYS = frozenset({"method", "stratum_method"})
+
+
+def _sets_method_name(segments: Sequence[Segment]) -> bool:
+    return len(segments) >= 2 and segments[-1] == "name" and (
+        segments[-2] in _METHOD_KEYS or (len(segments) >= 3 and segments[-3] == "baselines"))
+
+
+def keep_method_fields(block: dict) -> None:
+    """Drop, in place, the fields of a method block its (new) method does not have: a grid value or
+    a searched value that changes ``name`` leaves the other method's fields behind. The one place
+    this is decided; an unknown name keeps every field (validation then names it)."""
+    from trainables.methods import METHODS
+    name = block.get("name")
+    if name in METHODS:
+        for key in [k for k in block if k not in METHODS.get(name).config.model_fields]:
+            del block[key]
+
+
 def set_path(doc: Any, segments: Sequence[Segment], value: Any) -> None:
     """Set ``value`` at ``segments`` in place (``*`` sets it in every list item); missing or null
-    mappings on the way are created. Raises KeyError for an index out of range."""
+    mappings on the way are created. Raises KeyError for an index out of range. Setting a method's
+    ``name`` (``method.name``, ``backdoor.stratum_method.name``, ``backdoor.baselines.0.name``) to
+    another method drops the fields that method does not have (``keep_method_fields``)."""
+    _set_path(doc, segments, value, _sets_method_name(segments))
+
+
+def _set_path(doc: Any, segments: Sequence[Segment], value: Any, method_name: bool) -> None:
     seg, rest = segments[0], segments[1:]
     if seg == "*" or isinstance(seg, int):
         if not isinstance(doc, list):
@@ -125,14 +166,17 @@ def set_path(doc: Any, segments: Sequence[Segment], value: Any) -> None:
         targets = [seg]
     for t in targets:
         if not rest:
+            changed = method_name and isinstance(doc, dict) and doc.get(t) != value
             doc[t] = copy.deepcopy(value)
+            if changed:
+                keep_method_fields(doc)
             continue
         if isinstance(doc, dict) and doc.get(t) is None:
             if isinstance(rest[0], int) or rest[0] == "*":
                 raise KeyError(f"{t!r} is not set here, so it has no item {rest[0]!r}: set the "
                                f"whole list instead, e.g. {t}=[...]")
             doc[t] = {}
-        set_path(doc[t], rest, value)
+        _set_path(doc[t], rest, value, method_name)
 
 
 def _matches(pattern: Sequence[Segment], concrete: Sequence[Segment]) -> bool:

@@ -131,6 +131,11 @@ def _number(v: Any) -> str:
     return show_value(v)
 
 
+def _method_label(method: dict) -> str:
+    """A cell's resolved method block: 'la tau=2' (the fields its method has, after the grid)."""
+    return " ".join([str(method["name"])] + [f"{k}={v}" for k, v in method.items() if k != "name"])
+
+
 def format_plan(plan: Plan) -> str:
     """What --dry-run prints: the cells with kind and trials, stages, totals, resources."""
     s = plan.study
@@ -151,9 +156,10 @@ def format_plan(plan: Plan) -> str:
                                 if s.scheduler.asha else "")
     lines.append(f"  scheduler {sched}; retries per trial {s.max_failures}")
     rows = [[c.id, c.kind, str(c.trials), str(len(c.prerequisites)),
-             f"{c.num_samples} x {', '.join(c.space)}" if c.space else "-", c.label]
+             f"{c.num_samples} x {', '.join(c.space)}" if c.space else "-", _method_label(c.base_config["method"]),
+             c.label]
             for c in plan.cells]
-    lines += ["", _table(["cell", "kind", "trials", "needs", "search", "label"], rows), ""]
+    lines += ["", _table(["cell", "kind", "trials", "needs", "search", "method", "label"], rows), ""]
     cell_trials = sum(c.trials for c in plan.cells)
     lines.append(f"stages: stage 1 prerequisites {len(plan.prerequisites)} (run first, shared by "
                  f"cells; 'needs' counts them per cell), cell trials {cell_trials}")

@@ -21,8 +21,8 @@ from platform import paths
 from platform.space import check_distribution
 from platform.space import JSON_SCHEMA as SPACE_SCHEMA
 from platform.yamlsource import Source
-from trainables.config import (BackboneConfig, BackdoorConfig, DatasetConfig, FinetuneConfig,
-                               MethodConfig, Replicate, RuntimeConfig, SeedAxes, seed_axes)
+from trainables.config import (AnyMethod, BackboneConfig, BackdoorConfig, DatasetConfig, FinetuneConfig,
+                               Replicate, RuntimeConfig, SeedAxes, seed_axes, method_config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,7 +149,7 @@ class TrialSections(_Spec):
         description="the backbone pool (backdoor strata); single-model methods use backbone_index")
     backbone_index: int = Field(0, ge=0, description="the pool member single-model methods fine-tune")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
+    method: AnyMethod = Field(default_factory=method_config)
     backdoor: BackdoorConfig = Field(default_factory=BackdoorConfig)
 
 

@@ -152,13 +152,13 @@ def test_backdoor_reports_the_paired_gain_over_the_best_single_member(tmp_path):
 def test_a_gla_baseline_is_scored_with_gla_s_inference_on_every_member(tmp_path):
     """GLA's baseline adds each member's calibrated zero-shot logits (z_ft + z_zs / T - log q_hat -
     log p_s); the backdoor trial's mean single model is the mean of exactly those accuracies."""
-    from trainables.config import MethodConfig
+    from trainables.config import method_config
     from trainables.methods import get_method
 
     cfg = _config(tmp_path, confounders=1, baselines=[{"name": "gla", "base_method": "ce"}])
     out = T.run_trial(cfg)
     cache = Stage1Cache(cfg["runtime"]["cache_dir"])
-    gla, mcfg = get_method("gla"), MethodConfig(name="gla", base_method="ce")
+    gla, mcfg = get_method("gla"), method_config(name="gla", base_method="ce")
     accs = []
     for p in prerequisites(cfg):
         if p["method"]["name"] != "ce":

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from pydantic import ValidationError
 
 from plans import plan_from_text
 from platform.execute import select_rows
 from platform.tracking import MLflowStudyCallback
 from dashboards.data import PARAM_PREFIX, load_study
 from dashboards.summary import select, usable
+from trainables.config import TrialConfig
 from trainables.contract import (EXPERIMENT_KIND_TRAINING, GRID_PARAM_PREFIX, META_KEY, Envelope, Tag,
                                  trial_params, with_envelope)
 
@@ -137,11 +139,14 @@ def test_study_and_cell_runs_carry_grid_axes_selection_and_rounded_headlines(tra
     assert summary[0]["method.name"] == "ce" and summary[0]["val/acc"] == f"{rows[0]['val/acc']:.4g}"
 
 
-def test_trial_params_of_a_posthoc_method_include_its_base_methods_fields():
-    config = {"method": {"name": "posthoc_la", "tau": 1.5, "gamma": 2.0, "base_method": "focal"},
+def test_trial_params_of_a_posthoc_method_are_its_own_config_fields():
+    # a post-hoc method's base is fine-tuned with the base's own defaults, so its fields are not logged
+    config = {"method": {"name": "posthoc_la", "tau": 1.5, "base_method": "focal"},
               "backdoor": {"confounders": 3}, "seed": 0}
     assert trial_params(config) == {"method.name": "posthoc_la", "method.tau": 1.5,
-                                    "method.base_method": "focal", "method.gamma": 2.0, "seed": 0}
+                                    "method.base_method": "focal", "seed": 0}
+    with pytest.raises(ValidationError, match="method 'posthoc_la' has no field 'gamma'.*tau, base_method"):
+        TrialConfig.model_validate({"method": {**config["method"], "gamma": 2.0}})
 
 
 def _imports(package: str) -> dict[str, set[str]]:

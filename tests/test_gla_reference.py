@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables.config import MethodConfig
+from trainables.config import method_config
 from trainables.methods import get_method
 from trainables.prior import estimate_prior, gla_temperature
 
@@ -120,12 +120,12 @@ def test_gla_inference_equals_glas_routine_on_the_same_logits():
     p_s = torch.from_numpy(counts / counts.sum())
     ref = _gla_inference(z_zs / t_ref, z_ft, q, p_s)
     t = gla_temperature(z_zs, y)
-    ours = get_method("gla").adjust(z_ft.numpy(), MethodConfig(name="gla", tau=1.0), counts, q.numpy(),
+    ours = get_method("gla").adjust(z_ft.numpy(), method_config(name="gla", tau=1.0), counts, q.numpy(),
                                     (z_zs / t).numpy())
     diff = np.abs(ours - ref.numpy()).max()
     assert diff < 1e-5, diff  # float32 log priors against GLA's float64 here
     # and it is not the fine-tuned-only rule (posthoc_prior), which GLA's ensemble replaces
-    only_ft = get_method("posthoc_prior").adjust(z_ft.numpy(), MethodConfig(name="posthoc_prior"), counts, q.numpy())
+    only_ft = get_method("posthoc_prior").adjust(z_ft.numpy(), method_config(name="posthoc_prior"), counts, q.numpy())
     assert np.abs(only_ft - ref.numpy()).max() > 1.0
 
 
@@ -133,8 +133,8 @@ def test_ensemble_beats_the_fine_tuned_model_alone_on_this_world():
     z_zs, z_ft, y, counts = _world(4)
     t = gla_temperature(z_zs, y)
     q = estimate_prior(z_zs / t, y)
-    gla = get_method("gla").adjust(z_ft.numpy(), MethodConfig(name="gla"), counts, q, (z_zs / t).numpy())
-    la = get_method("posthoc_la").adjust(z_ft.numpy(), MethodConfig(name="posthoc_la"), counts)
+    gla = get_method("gla").adjust(z_ft.numpy(), method_config(name="gla"), counts, q, (z_zs / t).numpy())
+    la = get_method("posthoc_la").adjust(z_ft.numpy(), method_config(name="posthoc_la"), counts)
     acc = lambda z: float((z.argmax(1) == y.numpy()).mean())  # noqa: E731
     assert acc(gla) > acc(la)
 

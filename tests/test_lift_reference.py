@@ -18,7 +18,7 @@ from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
 from trainables.backbones.base import Backbone
-from trainables.config import FinetuneConfig, MethodConfig
+from trainables.config import FinetuneConfig, method_config
 from trainables.heads import CosineHead
 from trainables.methods import get_method
 from trainables.peft import AdaptFormer, apply_peft
@@ -166,7 +166,7 @@ def test_ldam_drw_equals_lifts_ldam_with_the_cosine_scale(epoch, drw):
     torch.manual_seed(0)
     logits = 25.0 * F.normalize(torch.randn(32, 6), dim=-1)  # a cosine head's logits
     y = torch.randint(0, 6, (32,))
-    cfg = MethodConfig(name="ldam_drw", ldam_max_margin=0.5, beta=0.9999, drw_epoch_frac=0.8)
+    cfg = method_config(name="ldam_drw", ldam_max_margin=0.5, beta=0.9999, drw_epoch_frac=0.8)
     loss = get_method("ldam_drw").make_loss(cfg, counts, 10, None, logit_scale=25.0)(logits, y, epoch)
     weight = None
     if drw:  # kaidic/LDAM-DRW cifar_train.py lines 203-205: effective-number weights normalised to sum C
@@ -177,11 +177,11 @@ def test_ldam_drw_equals_lifts_ldam_with_the_cosine_scale(epoch, drw):
 
 
 def test_ldam_scale_is_the_heads_scale_and_ldam_scale_is_gone():
-    assert "ldam_scale" not in MethodConfig.model_fields
+    assert "ldam_scale" not in get_method("ldam_drw").config.model_fields
     counts = np.array([100, 10])
     logits, y = torch.tensor([[5.0, 1.0]]), torch.tensor([0])
-    a = get_method("ldam_drw").make_loss(MethodConfig(name="ldam_drw"), counts, 10, None, logit_scale=25.0)
-    b = get_method("ldam_drw").make_loss(MethodConfig(name="ldam_drw"), counts, 10, None, logit_scale=30.0)
+    a = get_method("ldam_drw").make_loss(method_config(name="ldam_drw"), counts, 10, None, logit_scale=25.0)
+    b = get_method("ldam_drw").make_loss(method_config(name="ldam_drw"), counts, 10, None, logit_scale=30.0)
     # effective maximum margin = scale * max_margin on the logit scale: 25 * m vs 30 * m
     assert a(logits, y, 0).item() < b(logits, y, 0).item()
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.config import MethodConfig
+from trainables.config import method_config
 from trainables.methods import METHODS, Method, get_method
 
 C, B = 5, 16
@@ -24,7 +24,7 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _loss(name: str, logits: torch.Tensor, labels: torch.Tensor, epoch: int = 0, epochs: int = 10,
           logit_scale: float = 1.0, **cfg) -> float:
-    fn = get_method(name).make_loss(MethodConfig(name=name, **cfg), COUNTS, epochs, Q_HAT, logit_scale)
+    fn = get_method(name).make_loss(method_config(name=name, **cfg), COUNTS, epochs, Q_HAT, logit_scale)
     return float(fn(logits, labels, epoch))
 
 
@@ -112,7 +112,7 @@ def test_losses_are_float32_scalars_with_gradients_for_half_precision_logits(bat
     z, y = batch
     for name in ("ce", "focal", "cb", "ldam_drw", "bs", "la", "gla_train", "crt"):
         logits = z.to(torch.bfloat16).requires_grad_()
-        loss = get_method(name).make_loss(MethodConfig(name=name), COUNTS, 10, Q_HAT)(logits, y, 9)
+        loss = get_method(name).make_loss(method_config(name=name), COUNTS, 10, Q_HAT)(logits, y, 9)
         loss.backward()
         assert loss.dtype == torch.float32 and loss.ndim == 0 and math.isfinite(loss.item())
         assert logits.grad is not None and torch.isfinite(logits.grad.float()).all()
@@ -121,41 +121,41 @@ def test_losses_are_float32_scalars_with_gradients_for_half_precision_logits(bat
 def test_posthoc_la_and_gla_formulas_for_numpy_and_torch(batch):
     z, _ = batch
     zn = z.numpy()
-    cfg = MethodConfig(name="posthoc_la", tau=0.8)
+    cfg = method_config(name="posthoc_la", tau=0.8)
     out = get_method("posthoc_la").adjust(zn, cfg, COUNTS, None)
     assert isinstance(out, np.ndarray) and np.allclose(out, zn - 0.8 * _log_ps(), atol=1e-5)
-    out_t = get_method("posthoc_prior").adjust(z, MethodConfig(name="posthoc_prior", tau=0.8), COUNTS, Q_HAT)
+    out_t = get_method("posthoc_prior").adjust(z, method_config(name="posthoc_prior", tau=0.8), COUNTS, Q_HAT)
     assert isinstance(out_t, torch.Tensor) and out_t.dtype == z.dtype
     assert np.allclose(out_t.numpy(), zn - 0.8 * _log_ps() - np.log(Q_HAT), atol=1e-5)
     zs = np.random.default_rng(1).normal(size=zn.shape)
-    out_g = get_method("gla").adjust(zn, MethodConfig(name="gla", tau=0.8), COUNTS, Q_HAT, zs)
+    out_g = get_method("gla").adjust(zn, method_config(name="gla", tau=0.8), COUNTS, Q_HAT, zs)
     assert np.allclose(out_g, zn + zs - np.log(Q_HAT) - 0.8 * _log_ps(), atol=1e-5)
 
 
 def test_gla_without_zero_shot_logits_points_to_posthoc_la(batch):
     with pytest.raises(ValueError, match="zero-shot logits of the same examples.*use posthoc_la"):
-        get_method("gla").adjust(batch[0], MethodConfig(name="gla"), COUNTS, Q_HAT)
+        get_method("gla").adjust(batch[0], method_config(name="gla"), COUNTS, Q_HAT)
 
 
 def test_posthoc_la_with_tau_one_turns_prior_shifted_logits_back():
     # logits z + log p_s adjusted by tau = 1 give back z's argmax
     z = np.random.default_rng(0).normal(size=(32, C))
-    out = get_method("posthoc_la").adjust(z + _log_ps(), MethodConfig(name="posthoc_la", tau=1.0), COUNTS)
+    out = get_method("posthoc_la").adjust(z + _log_ps(), method_config(name="posthoc_la", tau=1.0), COUNTS)
     assert np.array_equal(out.argmax(1), z.argmax(1))
 
 
 def test_methods_that_need_the_prior_refuse_to_run_without_it(batch):
     with pytest.raises(ValueError, match="'gla_train' needs q_hat"):
-        get_method("gla_train").make_loss(MethodConfig(name="gla_train"), COUNTS, 10, None)
+        get_method("gla_train").make_loss(method_config(name="gla_train"), COUNTS, 10, None)
     with pytest.raises(ValueError, match="'gla' needs q_hat"):
-        get_method("gla").adjust(batch[0], MethodConfig(name="gla"), COUNTS, None)
+        get_method("gla").adjust(batch[0], method_config(name="gla"), COUNTS, None)
 
 
 def test_kind_mismatch_errors_name_the_method():
     with pytest.raises(ValueError, match="'posthoc_la' is a posthoc method and has no training loss"):
-        get_method("posthoc_la").make_loss(MethodConfig(name="posthoc_la"), COUNTS, 10, None)
+        get_method("posthoc_la").make_loss(method_config(name="posthoc_la"), COUNTS, 10, None)
     with pytest.raises(ValueError, match="'la' is a train method and has no post-hoc adjustment"):
-        get_method("la").adjust(np.zeros((1, C)), MethodConfig(name="la"), COUNTS)
+        get_method("la").adjust(np.zeros((1, C)), method_config(name="la"), COUNTS)
 
 
 def test_unknown_method_suggests_the_closest():
@@ -168,3 +168,12 @@ def test_an_ensemble_method_can_be_registered():
     reg: Registry[Method] = Registry("method")
     reg.register("backdoor")(Method("backdoor", "ensemble"))
     assert reg.get("backdoor").kind == "ensemble"
+
+
+def test_stage1_key_of_an_existing_method_is_unchanged_by_per_method_configs():
+    # computed with the shared MethodConfig (before each method owned its config): same fields, same key
+    from trainables.cache import stage1_key
+    from trainables.config import TrialConfig
+    cfg = TrialConfig.model_validate({"method": {"name": "la", "tau": 0.5}})
+    assert stage1_key(cfg) == "5e2a5e60ff432f9c70408919f8e80ad2d60425def22daa1c9ee90bfa77efddbf"
+    assert get_method("ldam_drw").params == ("ldam_max_margin", "drw_epoch_frac", "beta")

@@ -95,7 +95,13 @@ def test_backdoor_baselines_are_checked_against_the_method_registry():
         method: {name: backdoor}
         backdoor: {confounders: 2, baselines: [{name: cee}, {name: backdoor}, {name: gla, base_method: gla}]}
         """)
-    assert "backdoor.baselines.0.name" in msg and "did you mean 'ce'" in msg
+    assert "backdoor.baselines.0.name" in msg and "did you mean 'ce'" in msg  # validation: the union's tag
+    msg = _error("""\
+        name: x
+        backbones: [{name: a}, {name: b}]
+        method: {name: backdoor}
+        backdoor: {confounders: 2, baselines: [{name: ce}, {name: backdoor}, {name: gla, base_method: gla}]}
+        """)
     assert "not an ensemble" in msg and "backdoor.baselines.2.base_method" in msg
 
 

@@ -7,9 +7,11 @@ a study file and swept by a grid axis.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, GetJsonSchemaHandler, PlainValidator, SerializeAsAny,
+                      ValidationError, field_validator, model_validator)
+from pydantic_core import PydanticCustomError
 
 from trainables.registry import unknown_name_message
 
@@ -179,17 +181,76 @@ class FinetuneConfig(_Strict):
 
 
 class MethodConfig(_Strict):
-    """A long-tail method: a training loss, a two-phase recipe, or a post-hoc correction."""
+    """The base of every method's config: ``name`` plus the fields that method reads.
 
-    name: str = Field("la", description="ce, focal, cb, ldam_drw, bs, la, gla_train, crt, "
-                                        "posthoc_la, gla, backdoor")
-    tau: float = Field(1.0, description="logit-adjustment temperature (la, posthoc_la, gla, gla_train)")
-    gamma: float = Field(1.0, ge=0, description="focal loss exponent")
-    beta: float = Field(0.9999, ge=0, lt=1, description="class-balanced effective-number beta")
-    ldam_max_margin: float = Field(0.5, gt=0)
-    drw_epoch_frac: float = Field(0.8, ge=0, le=1, description="LDAM-DRW: re-weighting starts here")
-    crt_epochs: int = Field(5, ge=1, description="cRT: epochs of class-balanced head retraining")
-    base_method: str = Field("ce", description="post-hoc methods: the training method whose logits they correct")
+    Each method declares its own subclass (``name: Literal["<its name>"]`` and its hyper-parameters)
+    in its own module and registers it with its ``Method`` (``trainables.methods``). Fields typed
+    ``AnyMethod`` are validated against the config of the method ``name`` names (a union tagged by
+    ``name``, resolved in the method registry when a value is validated, so a method registered later,
+    e.g. by a test, is part of it).
+    """
+
+    name: str = Field(description="a registered method (trainables.methods.METHODS)")
+
+
+DEFAULT_METHOD = "la"
+
+
+def _method_error(name: str, err: ValidationError, cls: type[MethodConfig]) -> ValidationError:
+    """``err`` with an unknown field reworded to name the method and the fields it accepts."""
+    fields = ", ".join(cls.model_fields)
+    lines = []
+    for e in err.errors(include_url=False):
+        if e["type"] == "extra_forbidden":
+            field = e["loc"][-1]
+            lines.append({"type": PydanticCustomError(
+                "method_field", "method '{method}' has no field '{field}' (its fields: {fields}); remove "
+                "it, or use a method that reads it", {"method": name, "field": field, "fields": fields}),
+                "loc": e["loc"], "input": e["input"]})
+        else:
+            lines.append({"type": PydanticCustomError(e["type"], e["msg"], e.get("ctx")), "loc": e["loc"],
+                          "input": e["input"]})
+    return ValidationError.from_exception_data(cls.__name__, lines)
+
+
+def method_config(value: Any = None, **fields: Any) -> MethodConfig:
+    """The config of the method ``value["name"]`` (or ``fields["name"]``), validated by that method's
+    own model; a missing name is ``DEFAULT_METHOD``. ValueError for an unknown name (did-you-mean)."""
+    if isinstance(value, MethodConfig):
+        if type(value) is not MethodConfig and not fields:
+            return value
+        value = value.model_dump()
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ValueError(f"a method is a mapping with a 'name' (e.g. {{name: la}}), not {value!r}")
+    value = {**value, **fields}
+    from trainables.methods import METHODS  # the registry imports the method modules (and torch)
+    name = value.get("name", DEFAULT_METHOD)
+    if name not in METHODS:  # an error at ``name`` (e.g. method.name), with the registry's did-you-mean
+        raise ValidationError.from_exception_data("MethodConfig", [{
+            "type": PydanticCustomError("unknown_method", "{message}",
+                                        {"message": unknown_name_message("method", str(name), METHODS.names())}),
+            "loc": ("name",), "input": name}])
+    cls = METHODS.get(name).config
+    try:
+        return cls.model_validate({**value, "name": name})
+    except ValidationError as err:
+        raise _method_error(name, err, cls) from None
+
+
+class _MethodUnionSchema:
+    """The JSON schema of ``AnyMethod``: one of the registered methods' configs, tagged by ``name``."""
+
+    def __get_pydantic_json_schema__(self, _core: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        from trainables.methods import METHODS
+        refs = {name: handler(method.config.__pydantic_core_schema__) for name, method in METHODS.items()}
+        return {"anyOf": list(refs.values()), "description": "a method's config: its name (default "
+                f"{DEFAULT_METHOD!r}) and only the fields that method has"}
+
+
+#: A method config: validated as the config of the method its ``name`` names (see ``MethodConfig``).
+AnyMethod = Annotated[SerializeAsAny[MethodConfig], PlainValidator(method_config), _MethodUnionSchema()]
 
 
 class BackdoorConfig(_Strict):
@@ -202,15 +263,15 @@ class BackdoorConfig(_Strict):
     weights: list[float] | None = Field(None, description="'searched': raw non-negative weights per pool member")
     aggregation: Literal["logit", "prob", "logprob"] = "logit"
     debias: Literal["none", "la", "prior"] = "none"
-    stratum_method: MethodConfig = Field(default_factory=lambda: MethodConfig(name="la"))
+    stratum_method: AnyMethod = Field(default_factory=lambda: method_config(name="la"))
     strata_source: Literal["pool", "seeds"] = Field(
         "pool", description="pool: different backbones; seeds: seeds of pool[0] (ensembling control)")
     reliability_shrinkage: float = Field(
         0.5, ge=0, le=1, description="reliability: weight of uniform in the class-conditional weights "
                                      "(0 = per-class validation F1 alone, 1 = uniform)")
-    baselines: list[MethodConfig] = Field(
-        default_factory=lambda: [MethodConfig(name="ce"), MethodConfig(name="la"),
-                                 MethodConfig(name="gla", base_method="ce")],
+    baselines: list[AnyMethod] = Field(
+        default_factory=lambda: [method_config(name="ce"), method_config(name="la"),
+                                 method_config(name="gla", base_method="ce")],
         description="single-model methods run on every pool member; each backdoor trial is compared "
                     "with the best of them (chosen on validation) and with their mean")
 
@@ -286,7 +347,7 @@ class TrialConfig(_Strict):
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     pool: list[BackboneConfig] = Field(default_factory=list)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
+    method: AnyMethod = Field(default_factory=method_config)
     backdoor: BackdoorConfig = Field(default_factory=BackdoorConfig)
     seed: int = Field(0, description="the seed of a stage-1 fine-tune")
     replicates: list[Replicate] = Field(

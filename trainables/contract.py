@@ -294,11 +294,8 @@ def method_fields(method: Mapping[str, Any], prefix: str = "method") -> dict[str
     from trainables.methods import METHODS
     name = method.get("name")
     reads: tuple[str, ...] = tuple(k for k in method if k != "name")
-    if name in METHODS:
+    if name in METHODS:  # its config's fields (a post-hoc method's base runs with its own defaults)
         reads = METHODS.get(name).params
-        base = method.get("base_method")
-        if METHODS.get(name).kind == "posthoc" and base in METHODS:  # it corrects its base's logits
-            reads = tuple(dict.fromkeys(reads + METHODS.get(base).params))
     return {f"{prefix}.name": name, **{f"{prefix}.{k}": method[k] for k in reads if k in method}}
 
 

@@ -8,7 +8,7 @@ Prerequisites are computed per replicate (``trainables.config.apply_replicate``)
 
 from __future__ import annotations
 
-from trainables.config import MethodConfig, TrialConfig, apply_replicate
+from trainables.config import MethodConfig, TrialConfig, apply_replicate, method_config
 from trainables.methods import get_method
 from trainables.methods.backdoor import baseline_plan, strata_plan
 
@@ -38,7 +38,7 @@ def prerequisites(config: dict) -> list[dict]:
     for rep in cfg.replicates:
         rc = apply_replicate(cfg, rep)
         if kind == "posthoc":
-            base = rc.method.model_copy(update={"name": rc.method.base_method})
+            base = method_config(name=rc.method.base_method)
             out.append(stage1_config(rc, rc.backbone, base, rc.seed))
         elif kind == "ensemble":
             bd = rc.backdoor

@@ -34,7 +34,7 @@ from trainables.backbones import build_backbone
 from trainables.cache import Stage1Cache, Stage1Result, stage1_key
 from trainables.checkpoint import (derive_seed, load_checkpoint, load_trainable_state, restore_rng, save_checkpoint,
                                    seed_everything)
-from trainables.config import BackboneConfig, MethodConfig, TrialConfig, apply_replicate
+from trainables.config import BackboneConfig, MethodConfig, TrialConfig, apply_replicate, method_config
 from trainables.crt import head_retraining_phase
 from trainables.data import build_splits
 from trainables.errors import ConfigurationError
@@ -334,7 +334,7 @@ def report_stage2(reporter: Reporter | None, cfg: TrialConfig, metrics: dict,
 def run_posthoc(cfg: TrialConfig, reporter: Reporter | None = None) -> dict:
     """Post-hoc correction of the base method's cached logits, for every replicate in cfg.replicates."""
     method = get_method(cfg.method.name)
-    base = cfg.method.model_copy(update={"name": cfg.method.base_method})
+    base = method_config(name=cfg.method.base_method)  # its own defaults: a post-hoc tau never retrains it
     check_not_double_corrected(cfg.method.name, base.name, "method.name", "method.base_method")
     per_seed, first = [], None
     for rep in cfg.replicates:

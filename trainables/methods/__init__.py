@@ -20,6 +20,11 @@ Interface
   ``trainables/methods/backdoor.py``, which this package imports when the file exists). Its
   interface is that module's own; ``make_loss`` / ``adjust`` are not used.
 
+``config`` is the method's own pydantic model (a ``trainables.config.MethodConfig`` subclass with
+``name: Literal["<name>"]`` and its hyper-parameters, declared next to its loss or adjustment);
+``Method.params`` are its fields besides ``name``, exactly what enters the stage-1 cache key and the
+trial's MLflow params. ``cfg`` below is an instance of it.
+
 ``needs_prior=True`` (gla, gla_train) means the caller must pass ``q_hat``, the backbone's estimated
 pre-training prior (``trainables.prior.estimate_prior``). ``train_counts`` are the downstream
 training images per class; p_s = train_counts / sum(train_counts), with a class that has no
@@ -28,17 +33,35 @@ training image counted as one so that log p_s stays finite.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol
 
 import numpy as np
-import torch
+from pydantic import create_model
 
 from trainables.config import MethodConfig
 from trainables.registry import Registry
 
-ArrayLike = np.ndarray | torch.Tensor
+
+class LazyModule:
+    """A module imported on first attribute access: the method modules hold their configs, which the
+    study spec validates before any heavy import (tests/test_bad_input.py), so torch loads on first use."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")
+
+ArrayLike = "np.ndarray | torch.Tensor"
 
 
 class LossFn(Protocol):
@@ -48,8 +71,8 @@ class LossFn(Protocol):
 
 
 LossFactory = Callable[[MethodConfig, np.ndarray, int, "np.ndarray | None", float], LossFn]
-AdjustFn = Callable[[torch.Tensor, MethodConfig, np.ndarray, "np.ndarray | None", "torch.Tensor | None"],
-                    torch.Tensor]
+AdjustFn = Callable[["torch.Tensor", MethodConfig, np.ndarray, "np.ndarray | None", "torch.Tensor | None"],
+                    "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -63,15 +86,31 @@ class Method:
     two_phase: bool = False
     needs_prior: bool = False
     needs_zeroshot: bool = False
-    params: tuple[str, ...] = ()  # the MethodConfig fields this method reads (all that enter a cache key)
+    config: type[MethodConfig] | None = None  # its config model; None = ``name`` alone
     doc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.config is None:
+            object.__setattr__(self, "config", create_model(
+                f"{self.name}_config", __base__=MethodConfig, __doc__=f"{self.name}: no hyper-parameters",
+                name=(Literal[self.name], self.name)))  # type: ignore[valid-type]
+        name_field = self.config.model_fields.get("name")  # type: ignore[union-attr]
+        if name_field is None or name_field.annotation != Literal[self.name]:  # type: ignore[comparison-overlap]
+            raise TypeError(f"method {self.name!r}: its config {self.config.__name__} must declare "  # type: ignore[union-attr]
+                            f"name: Literal[{self.name!r}] = {self.name!r}")
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """The config fields this method reads besides ``name`` (exactly those enter its cache key)."""
+        return tuple(f for f in self.config.model_fields if f != "name")  # type: ignore[union-attr]
 
     def make_loss(self, cfg: MethodConfig, train_counts: np.ndarray, epochs: int,
                   q_hat: np.ndarray | None = None, logit_scale: float = 1.0) -> LossFn:
         """The training loss of a ``train`` method."""
         if self.loss_factory is None:
-            raise ValueError(f"method {self.name!r} is a {self.kind} method and has no training loss; "
-                             f"train its base method ({cfg.base_method!r}) instead")
+            base = getattr(cfg, "base_method", None)
+            raise ValueError(f"method {self.name!r} is a {self.kind} method and has no training loss"
+                             + (f"; train its base method ({base!r}) instead" if base else ""))
         self._check_prior(q_hat, len(train_counts))
         return self.loss_factory(cfg, np.asarray(train_counts), epochs, q_hat, logit_scale)
 

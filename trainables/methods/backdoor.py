@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from trainables.config import BackboneConfig, MethodConfig, TrialConfig, apply_replicate
+from trainables.config import BackboneConfig, MethodConfig, TrialConfig, apply_replicate, method_config
 from trainables.methods import Method, get_method, log_prior, log_train_prior, register
 from trainables.methods.weighting import (WeightingInput, accuracy, aggregate, log_softmax,  # noqa: F401
                                           normalise_weights, uniform_weights, weights_for)
@@ -112,7 +112,7 @@ def baseline_plan(cfg: TrialConfig) -> list[tuple[int, BackboneConfig, MethodCon
             if kind == "ensemble":
                 raise ValueError(f"backdoor.baselines: {m.name!r} is not a single-model method; use "
                                  "training (ce, la, ...) or post-hoc (gla, posthoc_la) methods")
-            train = m if kind == "train" else m.model_copy(update={"name": m.base_method})
+            train = m if kind == "train" else method_config(name=m.base_method)
             out.append((i, bb, train, m))
     return out
 
@@ -166,7 +166,7 @@ def run_backdoor(cfg: TrialConfig, stage1: Callable, compute_metrics: Callable) 
         ref = results[0]
         own = stage1(rc, rc.backbone, bd.stratum_method, rc.seed)
         ref_q, ref_true = own.q_hat, own.true_prior
-        tau = bd.stratum_method.tau
+        tau = getattr(bd.stratum_method, "tau", 1.0)  # debias la: the stratum method's tau, 1 when it has none
         val_out = [debias(r.val_logits, bd.debias, r.train_counts, r.q_hat, tau) for r in results]
         test_out = [debias(r.test_logits, bd.debias, r.train_counts, r.q_hat, tau) for r in results]
         # pool positions of the strata (the seeds control has no pool positions: 0..M-1)

@@ -8,13 +8,19 @@ on use, so one object serves CPU and GPU, and compute in float32 whatever the lo
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from pydantic import Field
 
 from trainables.config import MethodConfig
-from trainables.methods import LossFn, Method, log_prior, log_train_prior, register
+from trainables.methods import LossFn, LazyModule, Method, log_prior, log_train_prior, register
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+else:
+    torch, F = LazyModule("torch"), LazyModule("torch.nn.functional")
 
 
 class ShiftedCE:
@@ -89,20 +95,20 @@ def _ce(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndar
     return ShiftedCE()
 
 
-def _focal(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
+def _focal(cfg: "FocalConfig", train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
         logit_scale: float) -> LossFn:
     """focal: mean_i -(1 - p_i)^gamma log p_i with p_i = softmax(z_i)_{y_i}; gamma = 0 is CE."""
     return FocalLoss(cfg.gamma)
 
 
-def _cb(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
+def _cb(cfg: "CBConfig", train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
         logit_scale: float) -> LossFn:
     """cb: class-balanced CE, sum_i w_{y_i} CE_i / sum_i w_{y_i}, w_c = (1 - beta) / (1 - beta^n_c)
     normalised to sum C; beta = 0 is CE."""
     return WeightedCE(class_balanced_weights(train_counts, cfg.beta))
 
 
-def _ldam_drw(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
+def _ldam_drw(cfg: "LDAMDRWConfig", train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
         logit_scale: float) -> LossFn:
     """ldam_drw: CE(z - s * m_y * onehot(y)) with m_c = ldam_max_margin * (n_min / n_c)^(1/4) and s the
     scale the head's logits already carry (finetune.cosine_scale for cosine and text heads, 1 for a
@@ -118,13 +124,13 @@ def _bs(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndar
     return ShiftedCE(log_train_prior(train_counts))
 
 
-def _la(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
+def _la(cfg: "LAConfig", train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
         logit_scale: float) -> LossFn:
     """la: logit-adjusted loss, CE(z + tau * log p_s) (Menon et al. 2021); tau = 1 is bs."""
     return ShiftedCE(cfg.tau * log_train_prior(train_counts))
 
 
-def _gla_train(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
+def _gla_train(cfg: "GLATrainConfig", train_counts: np.ndarray, epochs: int, q_hat: np.ndarray | None,
         logit_scale: float) -> LossFn:
     """gla_train: CE(z + tau * log p_s + log q_hat), both priors in the training loss."""
     assert q_hat is not None  # Method.make_loss checked needs_prior
@@ -138,11 +144,59 @@ def _crt(cfg: MethodConfig, train_counts: np.ndarray, epochs: int, q_hat: np.nda
     return ShiftedCE()
 
 
-# (name, loss factory, the MethodConfig fields the loss reads, extra Method flags)
-for _name, _factory, _params, _extra in (
-        ("ce", _ce, (), {}), ("focal", _focal, ("gamma",), {}), ("cb", _cb, ("beta",), {}),
-        ("ldam_drw", _ldam_drw, ("ldam_max_margin", "drw_epoch_frac", "beta"), {}),
-        ("bs", _bs, (), {}), ("la", _la, ("tau",), {}),
-        ("gla_train", _gla_train, ("tau",), {"needs_prior": True}),
-        ("crt", _crt, ("crt_epochs",), {"two_phase": True})):
-    register(Method(_name, "train", loss_factory=_factory, params=_params, doc=_factory.__doc__ or "", **_extra))
+def tau_field() -> Any:
+    """The logit-adjustment temperature (la, gla_train and the post-hoc corrections)."""
+    return Field(1.0, description="logit-adjustment temperature")
+
+
+def beta_field() -> Any:
+    return Field(0.9999, ge=0, lt=1, description="class-balanced effective-number beta")
+
+
+class CEConfig(MethodConfig):
+    name: Literal["ce"] = "ce"
+
+
+class FocalConfig(MethodConfig):
+    name: Literal["focal"] = "focal"
+    gamma: float = Field(1.0, ge=0, description="focal loss exponent")
+
+
+class CBConfig(MethodConfig):
+    name: Literal["cb"] = "cb"
+    beta: float = beta_field()
+
+
+class LDAMDRWConfig(MethodConfig):
+    name: Literal["ldam_drw"] = "ldam_drw"
+    ldam_max_margin: float = Field(0.5, gt=0, description="the rarest class's margin")
+    drw_epoch_frac: float = Field(0.8, ge=0, le=1, description="re-weighting starts at this fraction of epochs")
+    beta: float = beta_field()
+
+
+class BSConfig(MethodConfig):
+    name: Literal["bs"] = "bs"
+
+
+class LAConfig(MethodConfig):
+    name: Literal["la"] = "la"
+    tau: float = tau_field()
+
+
+class GLATrainConfig(MethodConfig):
+    name: Literal["gla_train"] = "gla_train"
+    tau: float = tau_field()
+
+
+class CRTConfig(MethodConfig):
+    name: Literal["crt"] = "crt"
+    crt_epochs: int = Field(5, ge=1, description="epochs of class-balanced head retraining")
+
+
+# (name, loss factory, its config, extra Method flags)
+for _name, _factory, _config, _extra in (
+        ("ce", _ce, CEConfig, {}), ("focal", _focal, FocalConfig, {}), ("cb", _cb, CBConfig, {}),
+        ("ldam_drw", _ldam_drw, LDAMDRWConfig, {}), ("bs", _bs, BSConfig, {}), ("la", _la, LAConfig, {}),
+        ("gla_train", _gla_train, GLATrainConfig, {"needs_prior": True}),
+        ("crt", _crt, CRTConfig, {"two_phase": True})):
+    register(Method(_name, "train", loss_factory=_factory, config=_config, doc=_factory.__doc__ or "", **_extra))
