@@ -135,7 +135,7 @@ class _Logger:
 def _config(ir: float, method: str, seed: int, **over: object) -> dict:
     cfg = TrialConfig.model_validate({
         "dataset": {"name": "toy_lt", "imbalance_ratio": ir, "num_classes": C, "val_per_class": VAL_PER_CLASS},
-        "method": {"name": method, "tau": 1.0},
+        "method": {"name": method},  # la: its default tau 1.0
         "finetune": {"peft": "linear", "head": "linear", "epochs": EPOCHS},
         "seed": seed, "replicates": [{"finetune": s} for s in SEEDS],
     }).model_dump(mode="json")
