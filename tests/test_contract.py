@@ -168,3 +168,23 @@ def _imports(package: str) -> dict[str, set[str]]:
 def test_lower_packages_never_import_higher_ones(package, forbidden):
     offenders = {f: sorted(names & forbidden) for f, names in _imports(package).items() if names & forbidden}
     assert not offenders, f"{package} must not import {sorted(forbidden)}: {offenders}"
+
+
+def test_a_compact_config_keeps_its_own_runtime_and_its_base_key_survives_a_moved_storage():
+    """Resume from a moved storage folder: the plan's bases then carry other runtime paths; the key
+    must not change, and each trial keeps the runtime it was started with (a config whose paths
+    cannot be expressed as a difference falls back to the whole config, never a crash)."""
+    from trainables.config import TrialConfig
+    from trainables.contract import Envelope, compact_config, config_key, resolve_config, with_envelope
+
+    base = TrialConfig().model_dump(mode="json")
+    base["runtime"].update(cache_dir="/old/storage/_cache", zoo_dir="/old/storage/_zoo")
+    trial = with_envelope({**base, "seed": 3}, Envelope("c00", 1, group=0, seed=3))
+    compact = compact_config(trial, base)
+    moved = {**base, "runtime": {**base["runtime"], "cache_dir": "/new/_cache", "zoo_dir": "/new/_zoo"}}
+    assert config_key(moved) == config_key(base)
+    assert resolve_config(compact, {config_key(moved): moved}) == trial
+    # a value below a section the base holds as None cannot be a path difference: whole config back
+    odd = {**base, "backbone": {**base["backbone"], "pretrain": None}}
+    nested = {**base, "backbone": {**base["backbone"], "pretrain": {"seed": 1}}}
+    assert compact_config(nested, odd) == nested

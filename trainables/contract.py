@@ -96,9 +96,18 @@ BASE_FIELD, OVERRIDES_FIELD = "base", "overrides"
 """Envelope fields of a compact trial config: the key of its shared base config and its own values."""
 
 
+SHARED_EXCEPT = "runtime"
+"""The section of a base config that is not shared: where a trial reads and writes (absolute paths
+under the study's storage) travels with each trial, so a resume from a moved storage folder or
+another working directory finds its bases by the same keys (and two bases that differ only there
+never share a key)."""
+
+
 def config_key(config: Mapping) -> str:
-    """The content key of a base config (the same config gives the same key in every process)."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    """The content key of a base config, ``runtime`` left out (the same config gives the same key
+    in every process and in every storage location)."""
+    shared = {k: v for k, v in config.items() if k != SHARED_EXCEPT}
+    text = json.dumps(shared, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -126,7 +135,8 @@ def compact_config(config: Mapping, base: Mapping) -> dict:
     path. Its size does not grow with the base (pool members, grid sections): the trainable and
     the driver hand the base configs once (``resolve_config``). A config whose difference from
     ``base`` paths cannot express is returned whole."""
-    body, flat_base = strip_meta(config), flatten(dict(base))
+    body = strip_meta(config)
+    flat_base = flatten({k: v for k, v in base.items() if k != SHARED_EXCEPT})  # runtime: always the trial's
     overrides = {k: v for k, v in flatten(body).items()
                  if k not in flat_base or not _same(flat_base[k], v)}
     key = config_key(base)
@@ -134,7 +144,7 @@ def compact_config(config: Mapping, base: Mapping) -> dict:
     try:
         if _same(resolve_config(out, {key: base}), config):
             return out
-    except (KeyError, IndexError, TypeError, ValueError):
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         pass
     return dict(config)
 
