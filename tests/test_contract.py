@@ -184,7 +184,8 @@ def test_a_compact_config_keeps_its_own_runtime_and_its_base_key_survives_a_move
     moved = {**base, "runtime": {**base["runtime"], "cache_dir": "/new/_cache", "zoo_dir": "/new/_zoo"}}
     assert config_key(moved) == config_key(base)
     assert resolve_config(compact, {config_key(moved): moved}) == trial
-    # a value below a section the base holds as None cannot be a path difference: whole config back
-    odd = {**base, "backbone": {**base["backbone"], "pretrain": None}}
-    nested = {**base, "backbone": {**base["backbone"], "pretrain": {"seed": 1}}}
+    # values two levels below a section the base holds as None cannot be set as path differences
+    # (setting them raises AttributeError): the whole config comes back instead
+    odd = {"dataset": None}
+    nested = with_envelope({"dataset": {"world": {"seed": 1}}}, Envelope("c00", 1, group=0, seed=0))
     assert compact_config(nested, odd) == nested
