@@ -32,10 +32,10 @@ from ray.tune import Callback
 from platform.paths import REPO_ROOT, sqlite_path
 from platform.retry import Retrying
 from platform.searcher import plan_bases, study_name
-from trainables.contract import (DISPLAY_DIGITS, EXPERIMENT_KIND_TRAINING, GRID_PARAM_PREFIX, HEADLINE_METRICS,
+from trainables.contract import (EXPERIMENT_KIND_TRAINING, GRID_PARAM_PREFIX, HEADLINE_METRICS,
                                  SPEC_ARTIFACT_DIR, SPEC_FILE, STAGE1_CELL, SUMMARY_ARTIFACT_DIR,
                                  SUMMARY_FILE, TRIAL_ARTIFACT_DIR, Level, Tag, display, flatten,
-                                 grid_run_name, resolve_config, trial_meta, trial_params,
+                                 grid_run_name, resolve_config, rounded, trial_meta, trial_params,
                                  trial_run_name, trial_tags)
 from trainables.selection import finite
 
@@ -368,7 +368,8 @@ class StudyTracker:
             self.client.log_batch(run_id, params=chunk, synchronous=True)
 
     def log_result(self, run_id: str, result: dict) -> None:
-        """Log one report's finite metrics at step = epoch; a step already logged is not repeated."""
+        """Log one report's finite metrics at step = epoch, rounded for reading (``contract.rounded``,
+        the values the report selects on); a step already logged is not repeated."""
         step = result_step(result)
         last, seen = self._steps.get(run_id, (-1, set()))
         metrics = finite_metrics(result)
@@ -383,15 +384,16 @@ class StudyTracker:
         if not metrics:
             return
         now = int(time.time() * 1000)
-        items = [Metric(k, v, now, step) for k, v in metrics.items()]
+        items = [Metric(k, rounded(v), now, step) for k, v in metrics.items()]
         chunks = list(_chunks(items, MAX_METRICS_PER_BATCH))
         for i, chunk in enumerate(chunks):
             tags = [RunTag(LAST_STEP, str(step))] if i == len(chunks) - 1 else []
             self.client.log_batch(run_id, metrics=chunk, tags=tags, synchronous=True)
 
     def log_summary(self, run_id: str, metrics: dict[str, Any], params: dict[str, Any]) -> None:
-        """Log a cell's (or the study's) summary metrics and the selected params (params once)."""
-        items = [Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()
+        """Log a cell's (or the study's) summary metrics, rounded as trial metrics are
+        (``contract.rounded``), and the selected params (params once)."""
+        items = [Metric(k, rounded(float(v)), int(time.time() * 1000), 0) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
         for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=chunk, synchronous=True)
@@ -539,7 +541,7 @@ class MLflowStudyCallback(Callback):
         metrics_of = headline_metrics(self.plan.metric)
         for row in rows:
             run_id = self.tracker.cell_run(str(row["cell"]))
-            metrics = {key: round(v, DISPLAY_DIGITS) for name in metrics_of
+            metrics = {key: v for name in metrics_of
                        for key in (name, f"{name}_std") if (v := finite(row.get(key))) is not None}
             metrics["n_trials"] = row.get("n_trials", 0)
             params = {f"best.{k}": v for k, v in (row.get("best_config") or {}).items()}

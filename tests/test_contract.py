@@ -23,7 +23,8 @@ from dashboards.data import PARAM_PREFIX, load_study
 from dashboards.summary import select, usable
 from trainables.config import TrialConfig
 from trainables.contract import (EXPERIMENT_KIND_TRAINING, GRID_PARAM_PREFIX, META_KEY, Envelope, Tag,
-                                 trial_params, with_envelope)
+                                 rounded, trial_params, with_envelope)
+from trainables.selection import group_score, select_group
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -137,6 +138,69 @@ def test_study_and_cell_runs_carry_grid_axes_selection_and_rounded_headlines(tra
     assert [r["cell"] for r in summary] == [c.id for c in plan.cells]
     assert summary[0]["selected_trials"] == " ".join(rows[0]["trial_ids"])
     assert summary[0]["method.name"] == "ce" and summary[0]["val/acc"] == f"{rows[0]['val/acc']:.4g}"
+
+
+def test_rounded_keeps_four_significant_digits_and_whole_numbers_and_is_idempotent():
+    assert rounded(0.18333333) == 0.1833 and rounded(0.000123456) == 0.0001235
+    assert rounded(12345.6) == 12346.0 and rounded(-2.302585) == -2.303 and rounded(999.96) == 1000.0
+    assert rounded(0.0) == 0.0 and rounded(7.0) == 7.0 and rounded(4096.0) == 4096.0
+    rng = __import__("random").Random(0)
+    for _ in range(20000):
+        x = rng.uniform(-1, 1) * 10 ** rng.uniform(-8, 6)
+        once = rounded(x)
+        assert rounded(once) == once and abs(once - x) <= 5e-4 * abs(x)
+
+
+@pytest.mark.parametrize("mode, groups, expected", [
+    ("max", {0: [0.81236, 0.81236], 1: [0.81244, 0.81244]}, 0),  # equal keys: the first group
+    ("max", {1: [0.81244], 0: [0.81236]}, 1),                     # ... in the order given
+    ("max", {0: [0.81234, 0.81234], 1: [0.81226, 0.81236]}, 1),   # keys 0.8123 < 0.81235
+    ("min", {0: [2.30261], 1: [2.30259]}, 0),                      # 2.303 both: a tie
+    ("max", {0: [float("nan")], 1: [None, 0.1]}, 1),
+])
+def test_select_group_compares_rounded_values_and_breaks_ties_by_order(mode, groups, expected):
+    assert select_group(groups, mode) == expected
+
+
+def test_driver_and_report_agree_on_near_ties_below_the_rounding(tmp_path):
+    """Two configurations closer than the 4th significant digit: the driver selects from Tune's
+    full-precision results, the report from the rounded values tracking logged; both must select
+    the same trials (and not the one full precision alone would pick: the case that used to flip)."""
+    plan = plan_from_text(STUDY, tmp_path)
+    callback = MLflowStudyCallback(plan.tracking_uri, plan, str(tmp_path / "storage" / plan.study.name))
+    callback.setup()
+    # cell 0: equal rounded keys (0.8124), full precision prefers group 1; cell 1: rounding reverses
+    # the full-precision order (0.81234 > 0.81231, keys 0.8123 < 0.81235)
+    values = {0: {0: [0.81236, 0.81236], 1: [0.81244, 0.81244]},
+              1: {0: [0.81234, 0.81234], 1: [0.81226, 0.81236]}}
+    records = []
+    for ci, groups in values.items():
+        cell = plan.cells[ci]
+        for group, vals in groups.items():
+            for seed, val in enumerate(vals):
+                config = with_envelope(dict(cell.base_config, seed=seed),
+                                       Envelope(cell.id, 1, group=group, optuna_trial=group, seed=seed))
+                trial = _Trial(f"{cell.id}_{group}_{seed}", config)
+                result = {"epoch": 1, "val/acc": val, "test/acc": 0.5 + 0.1 * group, "training_iteration": 1}
+                callback.on_trial_start(0, [], trial)
+                callback.on_trial_result(0, [], trial, result)
+                callback.on_trial_complete(0, [], trial)
+                records.append({"trial_id": trial.trial_id, "config": config, "status": "TERMINATED",
+                                "result": result})
+    rows = {r["cell"]: r for r in select_rows(plan, records)}
+    callback.finish(list(rows.values()), failed_trials=0)
+    data = load_study(plan.study.name, plan.tracking_uri)
+    trials, cells = usable(data.trials, "val/acc"), data.cells.set_index("cell")
+    for ci, groups in values.items():
+        cell_id = plan.cells[ci].id
+        full_precision = max(groups, key=lambda g: group_score(groups[g]))
+        [sel] = select(trials[trials["cell"] == cell_id], [], "val/acc")
+        driver = sorted(rows[cell_id]["trial_ids"])
+        assert driver == sorted(sel.runs["trial_id"]) == sorted(cells.loc[cell_id, "selected_trials"])
+        assert driver[0] != f"{cell_id}_{full_precision}_0"  # a near-tie that full precision decides otherwise
+        # the logged trial metric is the rounded one; the driver's row keeps full precision
+        assert set(sel.runs["val/acc"]) <= {rounded(v) for vals in groups.values() for v in vals}
+        assert rows[cell_id]["val/acc"] == pytest.approx(group_score(groups[int(driver[0].split("_")[1])]), abs=1e-12)
 
 
 def test_trial_params_of_a_posthoc_method_are_its_own_config_fields():

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -224,11 +225,32 @@ TRIAL_ARTIFACT_DIR = "artifacts"
 #: The metrics a cell run carries for its selected configuration (those that exist).
 HEADLINE_METRICS = ("val/acc", "test/acc", "test/bal_acc", "test/worst_class_acc",
                     "test/d_few", "test/p_few")
-#: Digits of metric values wherever we format them for people (tables, run names, the summary).
+#: Significant digits of metric values wherever people read them: the metrics MLflow shows
+#: (``rounded``), tables, run names, the summary.
 DISPLAY_DIGITS = 4
 
 #: Trial-config sections that only ensemble methods (backdoor) read.
 ENSEMBLE_SECTIONS = ("pool", "backdoor")
+
+
+def rounded(value: float) -> float:
+    """A metric value as tracking logs it to MLflow and as selection compares it: ``DISPLAY_DIGITS``
+    significant digits, whole-number digits never dropped (``0.1833333 -> 0.1833``,
+    ``0.000123456 -> 0.0001235``, ``12345.6 -> 12346.0``); 0, inf and nan unchanged.
+
+    Idempotent (``rounded(rounded(x)) == rounded(x)``), so a value read back from MLflow and the
+    same value fresh from Tune give one key: the driver (``platform.execute``, from Tune's results)
+    and the report (``dashboards.summary``, from what tracking logged) select on the same numbers
+    (``trainables.selection.select_group``). This is for the logged display and the selection key
+    only: Tune, Optuna and the schedulers see full precision, and the statistics (paired
+    differences, mean and s.d. in ``trainables.stats``) are computed by the trainable and the
+    driver from full-precision values.
+    """
+    if value == 0 or not math.isfinite(value):
+        return value
+    if abs(value) >= 10 ** (DISPLAY_DIGITS - 1):
+        return float(round(value))
+    return float(f"{value:.{DISPLAY_DIGITS}g}")
 
 
 def display(value: Any, digits: int = DISPLAY_DIGITS) -> str:
@@ -343,6 +365,6 @@ __all__ = ["BASE_FIELD", "OVERRIDES_FIELD", "compact_config", "config_key", "res
            "DISPLAY_DIGITS", "ENSEMBLE_SECTIONS", "EXPERIMENT_KIND_TRAINING", "Envelope",
            "GRID_PARAM_PREFIX", "HEADLINE_METRICS", "Level", "META_KEY", "STAGE1_CELL",
            "SPEC_ARTIFACT_DIR", "SPEC_FILE", "SUMMARY_ARTIFACT_DIR", "SUMMARY_FILE", "Tag",
-           "TRIAL_ARTIFACT_DIR", "UI_QUERY", "axis_label", "sqlite_path", "display", "flatten", "grid_run_name", "method_fields",
+           "TRIAL_ARTIFACT_DIR", "UI_QUERY", "axis_label", "sqlite_path", "display", "rounded", "flatten", "grid_run_name", "method_fields",
            "strip_meta", "trial_meta", "trial_params", "trial_run_name", "trial_tags",
            "with_envelope"]
