@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import types
 import typing
-from typing import Annotated, Any, Iterable, Sequence
+from typing import Annotated, Any, Callable, Iterable, Sequence
 
 from pydantic import BaseModel
 
@@ -150,6 +150,16 @@ def set_path(doc: Any, segments: Sequence[Segment], value: Any) -> None:
     ``name`` (``method.name``, ``backdoor.stratum_method.name``, ``backdoor.baselines.0.name``) to
     another method drops the fields that method does not have (``keep_method_fields``)."""
     _set_path(doc, segments, value, _sets_method_name(segments))
+
+
+def setting_order(items: Iterable[Any], segments_of: Callable[[Any], Sequence[Segment]]) -> list[Any]:
+    """``items`` (values to set at once: a grid cell's axes) in the order that makes the result
+    independent of theirs: those that set a method's ``name`` first, then the others (a stable
+    sort: a later value for the same path still wins). So a method field set next to a method change
+    (a ``method.tau`` axis and a ``method.name`` axis, in either order) is never dropped by the name
+    change (``keep_method_fields``); a field the new method lacks is then named by validation.
+    ``segments_of(item)`` gives an item's path segments."""
+    return sorted(items, key=lambda item: not _sets_method_name(segments_of(item)))
 
 
 def _set_path(doc: Any, segments: Sequence[Segment], value: Any, method_name: bool) -> None:

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from platform import paths
 from platform.checks import trial_problems
 from platform.dotpath import (PathTuple, Segment, _matches, get_path, join_path, resolve_path, set_path,
-                              split_path)
+                              setting_order, split_path)
 from platform.errors import Issue, SpecError, show_value
 from platform.space import condition, grid_size, representative_values
 from platform.spec import GRID_ROOTS, SEARCH_ROOTS, Study, TrialSections
@@ -170,10 +170,11 @@ def expand_grid(study: Study) -> list[GridPoint]:
             found.setdefault(issue.format(source.file), (issue, []))[1].append(cell)
 
         doc = copy.deepcopy(base)
-        try:
-            for k in range(len(axes)):
-                for segments, value in settings[k][combo[k]]:
-                    set_path(doc, segments, value)
+        assignments = [(k, segments, value) for k in range(len(axes))
+                       for segments, value in settings[k][combo[k]]]
+        try:  # method names first: the result does not depend on the order of the axes
+            for k, segments, value in setting_order(assignments, lambda a: a[1]):
+                set_path(doc, segments, value)
         except KeyError as e:
             record(("grid", axes[k][0]), None, f"cannot be applied: {e.args[0]}", has_value=False)
             continue

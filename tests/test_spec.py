@@ -259,3 +259,22 @@ def test_a_selection_metric_computed_on_test_is_refused(metric, tmp_path):
     from platform.run import main
 
     assert main(["studies/smoke.yaml", "--dry-run", "--set", f"search.metric={metric}"]) == 2
+
+
+@pytest.mark.parametrize("grid", ["{method.tau: [0.5], method.name: [ce, la]}",
+                                  "{method.name: [ce, la], method.tau: [0.5]}"])
+def test_a_method_field_axis_next_to_a_method_axis_is_refused_in_either_order(grid):
+    # method names are set before fields, so tau is never silently dropped from the ce cell
+    msg = error(f"name: x\ngrid: {grid}\n")
+    assert "method 'ce' has no field 'tau'" in msg and "remove it, or use a method that reads it" in msg
+
+
+def test_a_method_field_axis_next_to_a_method_axis_gives_the_same_cells_in_either_order():
+    from platform.grid import expand_grid
+
+    methods = []
+    for grid in ("{method.tau: [0.5, 2.0], method.name: [la, gla_train]}",
+                 "{method.name: [la, gla_train], method.tau: [0.5, 2.0]}"):
+        points = expand_grid(study(f"name: x\ngrid: {grid}\n"))
+        methods.append(sorted((p.trial["method"]["name"], p.trial["method"]["tau"]) for p in points))
+    assert methods[0] == methods[1] == sorted((m, t) for m in ("la", "gla_train") for t in (0.5, 2.0))
