@@ -28,9 +28,9 @@ from platform.errors import EnvironmentFailure, PlatformInputError
 from platform.guard import DriverLock, Reaper, check_address
 from platform.progress import ProgressCallback
 from platform.searcher import CellSearcher, get_path, iter_groups, plan_bases, study_name
-from trainables.contract import STAGE1_CELL, resolve_config, strip_meta, trial_meta
+from trainables.contract import STAGE1_CELL, flatten, resolve_config, strip_meta, trial_meta
 from trainables.selection import REPLICATES_METRIC, finite, group_score, select_group
-from platform.tracking import MLflowStudyCallback, check_tracking
+from platform.tracking import MLflowStudyCallback, check_tracking, git_commit
 from trainables.stats import STD_SUFFIX, summarize
 from trainables.errors import FATAL_KEY, is_deterministic, reason
 
@@ -395,13 +395,21 @@ def _new_execution() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
+def _identity(plan: Any) -> dict | None:
+    """The resolved spec the plan's hash is made of (``Study.identity``), None if unknown."""
+    study = getattr(plan, "study", None)
+    return study.identity() if hasattr(study, "identity") else None
+
+
 def _stamp(experiment: Path, plan: Any) -> str:
-    """Record the spec hash and a new execution id in a fresh experiment folder; return the id."""
+    """Record the spec hash (with the resolved spec it hashes and the code's commit, so a refused
+    resume can say what changed) and a new execution id in a fresh experiment folder; return the id."""
     execution = _new_execution()
     experiment.mkdir(parents=True, exist_ok=True)
     (experiment / PLAN_STAMP).write_text(json.dumps(
         {"spec_hash": plan.spec_hash, "study": study_name(plan), "total_trials": plan.total_trials,
-         "execution": execution, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1),
+         "execution": execution, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+         "git_commit": git_commit(), "spec": _identity(plan)}, indent=1),
         encoding="utf-8")
     return execution
 
@@ -414,16 +422,53 @@ def read_execution(experiment: Path) -> str | None:
         return None
 
 
+def spec_changes(old: dict, new: dict, limit: int = 6) -> list[str]:
+    """``path: old -> new`` for each flattened path where two resolved specs differ (at most
+    ``limit``, then ``... and N more``)."""
+    a, b = flatten(old), flatten(new)
+
+    def shown(spec: dict, key: str) -> str:
+        return json.dumps(spec[key]) if key in spec else "(absent)"
+
+    lines = [f"{k}: {shown(a, k)} -> {shown(b, k)}"
+             for k in sorted(set(a) | set(b)) if k not in a or k not in b or a[k] != b[k]]
+    return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
+
+
 def _check_resume(experiment: Path, plan: Any) -> None:
-    stamp = experiment / PLAN_STAMP
-    if stamp.exists():
-        old = json.loads(stamp.read_text(encoding="utf-8")).get("spec_hash")
-        if old != plan.spec_hash:
-            raise _input_error(
-                f"--resume: {experiment} holds study {study_name(plan)!r} with spec hash "
-                f"{str(old)[:12]}, but the study file now hashes to {plan.spec_hash[:12]}; a "
-                "changed study cannot continue an old run: drop --resume after moving that folder "
-                "away, or restore the study file")
+    """Refuse to resume a study whose resolved spec changed, saying what changed and why it can
+    (the study file, or the code resolving the same file differently) and what to do."""
+    path = experiment / PLAN_STAMP
+    if not path.exists():
+        return
+    stamp = json.loads(path.read_text(encoding="utf-8"))
+    old = stamp.get("spec_hash")
+    if old == plan.spec_hash:
+        return
+    then, now = stamp.get("git_commit"), git_commit()
+    if then and now and then == now:
+        why = (f" Here the code is at the commit it started with ({then[:10]}): unless it has "
+               "uncommitted changes, the study changed.")
+    elif then and now:
+        why = (f" Here the code changed since it started (commit {then[:10]}, now {now[:10]}), so "
+               "either may be the cause.")
+    else:
+        why = ""
+    spec = _identity(plan)
+    if isinstance(stamp.get("spec"), dict) and spec is not None:
+        what = "what differs, as started -> now: " + "; ".join(spec_changes(stamp["spec"], spec))
+    else:
+        what = ("its stamp predates recording the resolved spec, so what differs cannot be listed "
+                f"({PLAN_STAMP} has only the hash)")
+    raise _input_error(
+        f"--resume: {experiment} holds study {study_name(plan)!r} with spec hash {str(old)[:12]}, "
+        f"but the study now resolves to {plan.spec_hash[:12]}; {what}. The hash is of the resolved "
+        "spec (every default filled in): it changes when the study file (or a --set) is edited, "
+        "and also when the code resolves the same file differently (e.g. since methods own their "
+        f"fields, a method block holds only the fields of its method).{why} Trials already run "
+        "used the old spec and cannot continue under the new one: start the study afresh (move "
+        "that folder away, or change the study's name, and run without --resume), or finish the "
+        "old run with the study file and code it started with")
 
 
 def run_study(plan: Any, args: Any, *, trainable: Callable[[dict], None] | None = None,

@@ -232,12 +232,18 @@ class Study(TrialSections):
         """Where the study came from (file, line of each node, command-line overrides)."""
         return self._source
 
-    def spec_hash(self) -> str:
-        """sha256 of the resolved spec JSON, without where/how fast it runs (storage,
+    def identity(self) -> dict:
+        """What the study's identity is made of: the resolved spec (every default filled in, as
+        this version of the code resolves it) without where/how fast it runs (storage,
         tracking_uri, max_concurrent) and the published numbers it is compared with, so a study
         moved to a cluster keeps its identity."""
-        data = self.model_dump(mode="json", exclude=set(_LOCATION_FIELDS) | {"published"})
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        return self.model_dump(mode="json", exclude=set(_LOCATION_FIELDS) | {"published"})
+
+    def spec_hash(self) -> str:
+        """sha256 of :meth:`identity` as JSON. Being of the *resolved* spec, it changes when the
+        study file changes and also when the code resolves the same file differently (a new
+        default, fields moved between sections)."""
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
 
     def to_yaml(self) -> str:
         """The resolved spec as YAML (every default filled in): what MLflow logs."""

@@ -335,3 +335,31 @@ def test_prior_rows_summarise_q_hat_error_per_backbone_once_per_model():
     assert len(rows) == 1 and rows[0]["backbone"] == "m0 ir10 prior0" and rows[0]["n"] == 3
     assert rows[0]["prior/spearman"] == pytest.approx(0.8)
     assert rows[0]["prior/spearman_std"] == pytest.approx(0.1)
+
+
+def test_a_refused_resume_names_what_changed_and_what_to_do(tmp_path):
+    """A study whose resolved spec changed (here a method field, as when the code moved fields
+    between method blocks) is refused; the error lists the differing paths, says that the code can
+    change the hash too, and how to go on. An older stamp without the spec says it cannot list them."""
+    import json
+
+    from platform.errors import PlatformInputError
+    from platform.execute import PLAN_STAMP, _check_resume, _stamp
+
+    plan = _plan(tmp_path)
+    folder = tmp_path / "storage" / plan.study.name
+    _stamp(folder, plan)
+    _check_resume(folder, plan)  # unchanged: resumes
+    stamp = json.loads((folder / PLAN_STAMP).read_text(encoding="utf-8"))
+    stamp["spec"]["method"]["gamma"] = 2.0  # what la's block held before methods owned their fields
+    stamp["spec_hash"] = "0" * 64
+    (folder / PLAN_STAMP).write_text(json.dumps(stamp), encoding="utf-8")
+    with pytest.raises(PlatformInputError) as err:
+        _check_resume(folder, plan)
+    msg = str(err.value)
+    assert "method.gamma: 2.0 -> (absent)" in msg and "code resolves the same file differently" in msg
+    assert "move that folder away, or change the study's name, and run without --resume" in msg
+    del stamp["spec"]
+    (folder / PLAN_STAMP).write_text(json.dumps(stamp), encoding="utf-8")
+    with pytest.raises(PlatformInputError, match="predates recording the resolved spec"):
+        _check_resume(folder, plan)

@@ -160,8 +160,10 @@ def resolve_config(config: Mapping, bases: Mapping[str, Mapping]) -> dict:
     key, overrides = meta.pop(BASE_FIELD), meta.pop(OVERRIDES_FIELD, None) or {}
     if key not in bases:
         raise ValueError(f"trial config refers to base config {key}, which this study's plan does "
-                         "not hold: the study file changed since the study started; resume it "
-                         "with the study file it started with")
+                         "not hold: the resolved study changed since the study started (its file, "
+                         "or the code resolving the same file differently: a new default, fields "
+                         "moved); resume it with the study file it started with and that code, "
+                         "or start it afresh under another name")
     out = copy.deepcopy(dict(bases[key]))
     for path, value in overrides.items():
         _set_path(out, path, copy.deepcopy(value))
