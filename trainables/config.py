@@ -258,8 +258,9 @@ class BackdoorConfig(_Strict):
 
     confounders: int = Field(3, ge=1, description="M, the number of strata")
     strata: list[int] | None = Field(None, description="pool indices; None = the first M")
-    weighting: str = Field("uniform", description="a rule of trainables.methods.weighting: uniform, "
-                                                   "searched, fitted, reliability")
+    weighting: str = Field("uniform", description="a rule registered in trainables.methods.weighting."
+                                                   "WEIGHTINGS, the one list of their names (an unknown "
+                                                   "name is refused with the list)")
     weights: list[float] | None = Field(None, description="'searched': raw non-negative weights per pool member")
     aggregation: Literal["logit", "prob", "logprob"] = "logit"
     debias: Literal["none", "la", "prior"] = "none"
