@@ -132,6 +132,7 @@ def test_study_and_cell_runs_carry_grid_axes_selection_and_rounded_headlines(tra
     assert experiment.tags[Tag.EXPERIMENT_KIND] == EXPERIMENT_KIND_TRAINING
     cell_run = client.get_run(data.cells["run_id"].iloc[0])
     assert cell_run.data.metrics["test/bal_acc"] == round(0.123456789, 4)
+    assert set(data.trials["test/bal_acc"]) == {0.1235}  # trial runs too: 4 significant digits
     assert cell_run.data.tags[Tag.SELECTED_TRIAL] == ",".join(rows[0]["trial_ids"])
     table = client.download_artifacts(data.study_run_id, "summary/cells.csv", str(tmp_path))
     summary = list(csv.DictReader(io.StringIO(Path(table).read_text(encoding="utf-8"))))
