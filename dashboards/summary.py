@@ -6,6 +6,8 @@ configuration (its replicate group, tagged by tracking) form a *config group*; t
 best mean objective is the cell's selected configuration, and the report shows its *test* metrics
 as mean and standard deviation over the group's seeds. When a group has a single run that evaluated
 several seeds itself (post-hoc trials report ``{metric}_std``), that reported spread is shown.
+The values are those tracking logged, rounded to 4 significant digits (``contract.rounded``);
+selection compares exactly those, as the driver does (``trainables.selection``).
 """
 
 from __future__ import annotations
