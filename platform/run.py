@@ -188,6 +188,12 @@ def _pct(row: dict, key: str, signed: bool = False) -> str:
     return text + (f" ± {100 * sd:.1f}" if _finite(sd) else "")
 
 
+def _number_sd(row: dict, key: str) -> str:
+    """``row[key]`` with its sample s.d. ('0.54 ± 0.03'); the s.d. left out when undefined (n = 1)."""
+    sd = row.get(key + STD_SUFFIX)
+    return _number(row.get(key)) + (f" ± {_number(sd)}" if _finite(sd) else "")
+
+
 def _gain(row: dict, key: str) -> str:
     """A paired gain in points: '+3.1 ± 1.2 [+0.5, +5.6]' (s.d. over replicates, 95 % interval)."""
     text = _pct(row, key, signed=True)
@@ -235,8 +241,7 @@ def format_outcome(outcome: StudyOutcome, plan: Plan) -> str:
         lines += ["", "q_hat vs the true pre-training prior, per backbone (mean ± s.d. over its replicates)",
                   _table(["backbone", "n", "spearman", "total variation"],
                          [[r["backbone"], str(r["n"]),
-                           f"{_number(r['prior/spearman'])} ± {_number(r.get('prior/spearman' + STD_SUFFIX))}",
-                           f"{_number(r['prior/tv'])} ± {_number(r.get('prior/tv' + STD_SUFFIX))}"]
+                           _number_sd(r, "prior/spearman"), _number_sd(r, "prior/tv")]
                           for r in outcome.prior_rows])]
     if plan.study.published:
         from platform.published import compare, format_comparison

@@ -127,7 +127,9 @@ def _fake_engine(monkeypatch, failed: int) -> list:
         rows[0].update({"gain/test/acc": 0.03, "gain/test/acc_std": 0.01, "gain/test/acc_lo": 0.005,
                         "gain/test/acc_hi": 0.055, "baseline/best_single/acc": 0.58})
         prior = [{"backbone": "m0 ir10 prior0", "n": 3, "prior/spearman": 0.8, "prior/spearman_std": 0.05,
-                  "prior/tv": 0.1, "prior/tv_std": 0.02}]
+                  "prior/tv": 0.1, "prior/tv_std": 0.02},
+                 {"backbone": "m1 ir10 prior1", "n": 1, "prior/spearman": 0.7, "prior/spearman_std": float("nan"),
+                  "prior/tv": 0.2, "prior/tv_std": float("nan")}]
         return StudyOutcome(rows=rows, failed_trials=failed, total_trials=plan.total_trials,
                             study_run_id="abc123", tracking_uri=plan.tracking_uri, prior_rows=prior)
 
@@ -156,6 +158,8 @@ def test_run_prints_the_results_table_and_the_mlflow_ui_commands(monkeypatch, ca
     ens = [line for line in out.splitlines() if line.startswith("c00 ")][-1]
     assert "+3.0 ± 1.0 [+0.5, +5.5]" in ens and "58.0" in ens  # gain over the best single model
     assert "m0 ir10 prior0" in out and "0.8000 ± 0.0500" in out  # q_hat error per backbone
+    one = [line for line in out.splitlines() if line.startswith("m1 ir10 prior1")][-1]
+    assert "0.7000" in one and "0.2000" in one and "nan" not in one  # n = 1: no s.d. to show
     assert "python -m platform.ui" in out
     assert f"mlflow ui --backend-store-uri {plan.tracking_uri} --workers 1 --host 127.0.0.1" in out
 
