@@ -8,6 +8,9 @@ drift apart: ``trainables`` is the lowest layer, so ``platform`` and ``dashboard
   replicate group, Optuna trial number, seed). The trainable strips it before validating. The
   config Tune carries is compact (:func:`compact_config`: the envelope, a base-config key and the
   trial's own values); :func:`resolve_config` is the one place that makes it whole again.
+- **The trial's results.** Under the platform a report reaches Tune as :func:`tune_result`: the
+  objective and ``TUNE_RESULT_KEYS`` as keys, every other metric packed in ``RESULT_FIELD``;
+  tracking and the driver's records read :func:`full_result`, which unpacks it.
 - **MLflow names.** Tag names (:class:`Tag`), run levels (:class:`Level`), artifact folders, the
   prefix of grid values on the study run.
 - **What each run carries.**
