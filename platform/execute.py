@@ -28,7 +28,8 @@ from platform.errors import EnvironmentFailure, PlatformInputError
 from platform.guard import DriverLock, Reaper, check_address
 from platform.progress import ProgressCallback
 from platform.searcher import CellSearcher, get_path, iter_groups, plan_bases, study_name
-from trainables.contract import STAGE1_CELL, flatten, resolve_config, strip_meta, trial_meta
+from trainables.contract import (STAGE1_CELL, flatten, full_result, reporting_objective, resolve_config,
+                                 strip_meta, trial_meta)
 from trainables.selection import REPLICATES_METRIC, finite, group_score, select_group
 from platform.tracking import MLflowStudyCallback, check_tracking, git_commit
 from trainables.stats import STD_SUFFIX, summarize
@@ -261,7 +262,8 @@ def without_meta(fn: Callable[[dict], Any], metric: str | None = None,
 
     def ltbias_trial(config: dict) -> Any:
         try:
-            return fn(strip_meta(resolve_config(config, shared)))
+            with reporting_objective(metric):  # Tune gets few keys (trainables.contract.tune_result)
+                return fn(strip_meta(resolve_config(config, shared)))
         except Exception as exc:
             if is_deterministic(exc) and metric:
                 # Tell the driver first (it then stops Tune from retrying), then fail for real.
@@ -277,7 +279,7 @@ def _records(results: Any, bases: dict[str, dict]) -> list[dict]:
     """Plain trial records (trial_id, resolved config, status, result) from a Tune ResultGrid."""
     out = []
     for res in results:
-        metrics = dict(res.metrics or {})
+        metrics = full_result(res.metrics or {})  # the metrics a trial packed for Tune, unpacked
         out.append({"trial_id": metrics.get("trial_id") or Path(res.path).name,
                     "config": resolve_config(res.config or {}, bases), "status": "ERROR" if res.error else "TERMINATED",
                     "result": metrics, "error": _error_text(res.error) if res.error else None})

@@ -35,7 +35,7 @@ from platform.searcher import plan_bases, study_name
 from trainables.contract import (EXPERIMENT_KIND_TRAINING, GRID_PARAM_PREFIX, HEADLINE_METRICS,
                                  SPEC_ARTIFACT_DIR, SPEC_FILE, STAGE1_CELL, SUMMARY_ARTIFACT_DIR,
                                  SUMMARY_FILE, TRIAL_ARTIFACT_DIR, Level, Tag, display, flatten,
-                                 grid_run_name, resolve_config, rounded, trial_meta, trial_params,
+                                 full_result, grid_run_name, resolve_config, rounded, trial_meta, trial_params,
                                  trial_run_name, trial_tags)
 from trainables.selection import finite
 
@@ -56,7 +56,7 @@ _TUNE_KEYS = frozenset({"timestamp", "pid", "done", "training_iteration", "time_
 def finite_metrics(result: dict) -> dict[str, float]:
     """The trial's own finite numeric values of a Tune result (Tune bookkeeping and config dropped)."""
     out = {}
-    for key, value in result.items():
+    for key, value in full_result(result).items():  # what the trial packed for Tune, too
         if key in _TUNE_KEYS or key == "config" or isinstance(value, bool):
             continue
         if isinstance(value, (int, float)) and math.isfinite(value):

@@ -120,6 +120,13 @@ def test_quick_study_benchmarks_write_their_measures(tmp_path, name):
         runs = details["runs"]
         assert [r["trials"] for r in runs.values()] == [12, 24]
         assert all(r["tune_experiment_state_mb"] > 0 and r["mlflow_db_mb"] > 0 for r in runs.values())
+        assert all(r["tune_snapshots"]["state_file_kb_per_trial"] > 0 for r in runs.values())
+        # Tune alone, the same trials reporting packed (now) and flat (before): sizes, not times
+        sweep = details["tune_state_alone"]
+        assert sweep["tune_keys"]["packed (tune_result)"] == 3 < sweep["tune_keys"]["flat (every metric a key)"]
+        packed, flat = (sweep["runs"][k]["24"]["state_file_kb_per_trial"]
+                        for k in ("packed (tune_result)", "flat (every metric a key)"))
+        assert 0 < packed < flat / 3
     else:
         assert all(v > 0 for v in details["fixed_seconds_median"].values())
     assert f"`{name}`" in (out / "SUMMARY.md").read_text(encoding="utf-8")

@@ -8,6 +8,9 @@ drift apart: ``trainables`` is the lowest layer, so ``platform`` and ``dashboard
   replicate group, Optuna trial number, seed). The trainable strips it before validating. The
   config Tune carries is compact (:func:`compact_config`: the envelope, a base-config key and the
   trial's own values); :func:`resolve_config` is the one place that makes it whole again.
+- **The trial's results.** Under the platform a report reaches Tune as :func:`tune_result`: the
+  objective and ``TUNE_RESULT_KEYS`` as keys, every other metric packed in ``RESULT_FIELD``;
+  tracking and the driver's records read :func:`full_result`, which unpacks it.
 - **MLflow names.** Tag names (:class:`Tag`), run levels (:class:`Level`), artifact folders, the
   prefix of grid values on the study run.
 - **What each run carries.**
@@ -29,13 +32,15 @@ drift apart: ``trainables`` is the lowest layer, so ``platform`` and ``dashboard
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 META_KEY = "ltbias"
 """Top-level trial-config key carrying the trial's :class:`Envelope`; never part of TrialConfig."""
@@ -168,6 +173,67 @@ def resolve_config(config: Mapping, bases: Mapping[str, Mapping]) -> dict:
     for path, value in overrides.items():
         _set_path(out, path, copy.deepcopy(value))
     out[META_KEY] = meta
+    return out
+
+
+#: The one field of a Tune result that carries the rest of a report's metrics: a JSON object
+#: text (``tune_result``). Tune keeps per-key statistics (``metric_analysis``, ``metric_n_steps``)
+#: of every numeric key of every trial in its experiment state, which it rewrites whole at each
+#: snapshot; it skips a str value (``Trial.update_last_result`` analyses only ``Number`` values).
+RESULT_FIELD = "ltbias/metrics"
+
+#: The metrics a report gives Tune as its own keys, besides the study's objective (which the
+#: searcher, the scheduler and Tune's metric check read): ``epoch`` (the progress line, the MLflow
+#: step, the fault tests' reading of result.json) and ``test/acc`` (only a trial's final report
+#: has it: how the fault tests and ``benchmarks.faults`` tell a finished trial from Tune's
+#: per-trial result.json). Everything else travels in ``RESULT_FIELD``, so a trial's entry in
+#: Tune's state does not grow with the number of metrics (pool members, groups, replicates).
+TUNE_RESULT_KEYS = ("epoch", "test/acc")
+
+
+def tune_result(metrics: Mapping[str, Any], objective: str) -> dict[str, Any]:
+    """The result a trial reports to Tune: ``objective`` and ``TUNE_RESULT_KEYS`` as they are,
+    every other metric in ``RESULT_FIELD`` (absent when there is none); ``full_result`` undoes it."""
+    keep = {objective, *TUNE_RESULT_KEYS}
+    out = {k: v for k, v in metrics.items() if k in keep}
+    rest = {k: v for k, v in metrics.items() if k not in keep}
+    if rest:
+        out[RESULT_FIELD] = json.dumps(rest, separators=(",", ":"), default=_json_scalar)
+    return out
+
+
+_OBJECTIVE: contextvars.ContextVar[str | None] = contextvars.ContextVar("ltbias_objective", default=None)
+
+
+@contextlib.contextmanager
+def reporting_objective(objective: str | None) -> Iterator[None]:
+    """Within it, a trial reporting through ``trainables.trainable.tune_trainable`` sends Tune
+    ``tune_result(metrics, objective)`` (the driver's trial wrapper sets it: the platform's
+    readers expand ``full_result``); outside it, every metric as its own key (Tune used directly)."""
+    token = _OBJECTIVE.set(objective)
+    try:
+        yield
+    finally:
+        _OBJECTIVE.reset(token)
+
+
+def report_objective() -> str | None:
+    """The objective ``reporting_objective`` set (None outside it)."""
+    return _OBJECTIVE.get()
+
+
+def _json_scalar(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)  # numpy scalars; else as text
+
+
+def full_result(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A Tune result with the metrics of its ``RESULT_FIELD`` as keys again (the field dropped);
+    any other result is returned as a copy. What tracking and the driver's records read."""
+    out = dict(result)
+    packed = out.pop(RESULT_FIELD, None)
+    if isinstance(packed, str):
+        for key, value in json.loads(packed).items():
+            out.setdefault(key, value)
     return out
 
 
@@ -366,6 +432,8 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["BASE_FIELD", "OVERRIDES_FIELD", "compact_config", "config_key", "resolve_config",
+           "RESULT_FIELD", "TUNE_RESULT_KEYS", "full_result", "report_objective", "reporting_objective",
+           "tune_result",
            "DISPLAY_DIGITS", "ENSEMBLE_SECTIONS", "EXPERIMENT_KIND_TRAINING", "Envelope",
            "GRID_PARAM_PREFIX", "HEADLINE_METRICS", "Level", "META_KEY", "STAGE1_CELL",
            "SPEC_ARTIFACT_DIR", "SPEC_FILE", "SUMMARY_ARTIFACT_DIR", "SUMMARY_FILE", "Tag",

@@ -35,6 +35,7 @@ from trainables.cache import Stage1Cache, Stage1Result, stage1_key
 from trainables.checkpoint import (derive_seed, load_checkpoint, load_trainable_state, restore_rng, save_checkpoint,
                                    seed_everything)
 from trainables.config import BackboneConfig, MethodConfig, TrialConfig, apply_replicate, method_config
+from trainables.contract import report_objective, tune_result
 from trainables.crt import head_retraining_phase
 from trainables.data import build_splits
 from trainables.errors import ConfigurationError
@@ -101,6 +102,9 @@ class _TuneReporter:
         from ray import tune
 
         ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        objective = report_objective()  # under the platform: few keys for Tune, the rest packed
+        if objective is not None:
+            metrics = tune_result(metrics, objective)
         tune.report(metrics, checkpoint=ckpt)  # copies the directory to storage before returning
 
     def restore_dir(self) -> str | None:
