@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import ray
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from platform import paths
@@ -431,12 +432,17 @@ def _run_locked(plan: Any, args: Any, name: str, storage: str, tracking_uri: str
     # num_to_keep forces an experiment snapshot after checkpoints; on a study of short trials
     # Tune then warns every few seconds about snapshot frequency, which drowns the progress line.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's default loggers include TensorBoard's, whose tensorboardX imports torch into the
+    # driver (seconds before the first trial); MLflow is the record here, so keep only Tune's
+    # own result.json and progress.csv per trial.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    callbacks = [tracker, progress, FatalFailures(), JsonLoggerCallback(), CSVLoggerCallback()]
     started = init_ray(getattr(args, "address", None))
     try:
         if resume and can_restore:
             tuner = tune.Tuner.restore(experiment_uri, trainable=tune.with_resources(fn, resources),
                                        resume_errored=True)
-            _use_callbacks(tuner, [tracker, progress, FatalFailures()])
+            _use_callbacks(tuner, callbacks)
         else:
             searcher = CellSearcher(plan, sampler_seed=plan.study.search.seed, execution=execution)
             if searcher.total_trials != plan.total_trials:
@@ -455,7 +461,7 @@ def _run_locked(plan: Any, args: Any, name: str, storage: str, tracking_uri: str
                     name=name, storage_path=storage, verbose=0,
                     failure_config=tune.FailureConfig(max_failures=plan.study.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                    callbacks=[tracker, progress, FatalFailures()]))
+                    callbacks=callbacks))
         results = tuner.fit()
         callback = _find_tracker(tuner) or tracker
         finished = results.num_terminated + results.num_errors

@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         unfit = None
         if args.address is None:  # a local Ray: this machine is the whole cluster
             try:
-                check_fits(plan, *local_capacity())
+                check_fits(plan, *local_capacity(count_gpus=plan.resources["gpu"] > 0))
             except SpecError as e:
                 if not args.dry_run:
                     raise
