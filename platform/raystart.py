@@ -86,7 +86,7 @@ class _NotMainThreadNotice(logging.Filter):
 
 
 class RayStart:
-    """``_init_ray(address)`` running on a daemon thread; ``result()`` waits for it.
+    """``_init_ray(address)`` on a daemon thread (``start()``); ``result()`` waits for it.
 
     The thread outlives the start until ``shutdown_ray``: Ray starts its local processes with
     ``PR_SET_PDEATHSIG``, which Linux sends when the *thread* that spawned them exits, so a thread
@@ -99,7 +99,12 @@ class RayStart:
         self.error: BaseException | None = None
         self._done = threading.Event()
         self._release = threading.Event()
+        self._begun = False
         self._thread = threading.Thread(target=self._run, name="ltbias-ray-start", daemon=True)
+
+    def start(self) -> None:
+        """Begin the start on its thread."""
+        self._begun = True
         self._thread.start()
 
     def _run(self) -> None:
@@ -120,8 +125,8 @@ class RayStart:
             self._release.wait()  # Ray's processes' parent thread lives until shutdown_ray
 
     def wait(self) -> None:
-        """Block until the start has finished (interruptible by Ctrl-C)."""
-        while not self._done.wait(0.5):
+        """Block until the start has finished (interruptible by Ctrl-C); at once if never begun."""
+        while self._begun and not self._done.wait(0.5):
             pass
 
     def result(self) -> bool:
@@ -143,7 +148,8 @@ def start_in_background(address: str | None) -> None:
     import ray  # noqa: F401 - imported here, on the calling thread, before the thread starts
 
     if _pending is None:
-        _pending = RayStart(address)
+        _pending = RayStart(address)  # owned before its thread runs: Ctrl-C in start() leaks nothing
+        _pending.start()
 
 
 def init_ray(address: str | None) -> bool:
