@@ -172,7 +172,18 @@ def init_ray(address: str | None) -> bool:
         finally:
             if _pending is not None and _pending.started is not None:
                 _pending = None  # claimed: the caller shuts it down
+            _restore_sigterm()
     return _init_ray(address)
+
+
+def _restore_sigterm() -> None:
+    """Reinstall the driver's SIGTERM handler (platform.run: stop like Ctrl-C) after a ``ray.init``
+    on another thread: Ray's core worker installs a native handler that aborts the process, and
+    only the main thread can put the Python one back. (Until the start is claimed, a SIGTERM
+    aborts the driver: Ray's processes die with it.)"""
+    handler = signal.getsignal(signal.SIGTERM)
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 def abandon_start() -> None:

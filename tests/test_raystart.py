@@ -117,3 +117,25 @@ def test_validating_planning_and_importing_the_engine_import_no_torch() -> None:
                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_after_a_background_start_reaches_the_drivers_handler() -> None:
+    # Ray's core worker installs a native SIGTERM handler (it prints "SIGTERM received" and, in a
+    # Tune run, aborted the driver with -6); after a start on another thread, init_ray puts the
+    # driver's handler (stop like Ctrl-C) back.
+    code = ("import os, signal, sys, time\n"
+            "from platform import raystart\n"
+            "signal.signal(signal.SIGTERM, lambda s, f: print('handled', flush=True))\n"
+            "raystart.start_in_background(None)\n"
+            "assert raystart.init_ray(None) is True\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(0.5)\n"
+            "raystart.shutdown_ray()\n"
+            "print('done', flush=True)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=150, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["handled", "done"], out.stdout + out.stderr[-2000:]
+    assert "SIGTERM received" not in out.stderr, out.stderr[-2000:]  # Ray's native handler never ran
