@@ -28,7 +28,7 @@ from trainables.data.names import read_class_names_file, shipped_path
 if TYPE_CHECKING:  # torch and PIL are imported by the trials that load images, not by the driver
     import torch
 
-    from trainables.data.base import DataSplits, LabeledImages
+    from trainables.data.base import DataSplits
 
 
 @dataclass(frozen=True)
