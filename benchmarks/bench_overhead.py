@@ -134,7 +134,7 @@ def run_toy_study(tmp: Path, zoo: Path, *, samples_per_cell: int, epochs: int, n
     import ray
     from ray import tune
 
-    from platform import execute
+    from platform import execute, raystart
     from platform.plan import make_plan
     from platform.progress import ProgressCallback
     from platform.searcher import CellSearcher
@@ -164,7 +164,7 @@ def run_toy_study(tmp: Path, zoo: Path, *, samples_per_cell: int, epochs: int, n
     t_start = time.perf_counter()
     if start_ray:
         start = time.perf_counter()
-        execute.init_ray(None)  # what run_study would call; timed apart
+        raystart.init_ray(None)  # what run_study would call; timed apart
         driver["ray_init"] = time.perf_counter() - start
     fit_window: dict[str, float] = {}
     original_fit = tune.Tuner.fit

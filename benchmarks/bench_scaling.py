@@ -28,7 +28,7 @@ def run(workdir: Path, quick: bool = False) -> dict:
     """Run the study at concurrency 1 and 2; headline = speedup (goal >= 1.6, i.e. 80% efficiency)."""
     import ray
 
-    from platform.execute import init_ray
+    from platform.raystart import init_ray
 
     samples, epochs, n_max = (1, 1, 40) if quick else (3, 6, 300)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

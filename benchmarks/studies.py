@@ -127,7 +127,7 @@ def warm_zoo(plan: Any) -> float:
 
 def start_ray() -> bool:
     """A local Ray for the benchmark (True when this call started it)."""
-    from platform.execute import init_ray
+    from platform.raystart import init_ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     return init_ray(None)

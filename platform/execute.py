@@ -13,20 +13,20 @@ import json
 import math
 import os
 import secrets
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import ray
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from platform import paths
 from platform.errors import EnvironmentFailure, PlatformInputError
-from platform.guard import DriverLock, Reaper, check_address
+from platform.guard import DriverLock, check_address
 from platform.progress import ProgressCallback
+from platform.raystart import init_ray, shutdown_ray
 from platform.searcher import CellSearcher, get_path, iter_groups, plan_bases, study_name
 from trainables.contract import (STAGE1_CELL, flatten, full_result, reporting_objective, resolve_config,
                                  strip_meta, trial_meta)
@@ -35,15 +35,7 @@ from platform.tracking import MLflowStudyCallback, check_tracking, git_commit
 from trainables.stats import STD_SUFFIX, summarize
 from trainables.errors import FATAL_KEY, is_deterministic, reason
 
-# Ray binds a single-node instance's servers to the node's IP (every interface) unless clusters
-# are off, when it uses 127.0.0.1. Read by Ray when it is imported: ``platform.run`` sets it
-# before importing this module for a local study; set here too for the processes Ray starts.
-LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
-
-# Never shipped to a cluster with the working directory: environments, outputs, VCS, caches.
-RUNTIME_ENV_EXCLUDES = [".venv", "outputs", ".git", "tests/_artifacts", "benchmarks/results",
-                        "node_modules", "**/__pycache__"]
 PLAN_STAMP = "ltbias_plan.json"
 
 
@@ -166,64 +158,6 @@ def check_tracking_uri(uri: str) -> None:
         raise EnvironmentFailure(str(exc)) from exc
 
 
-_reaper: Reaper | None = None
-
-
-def init_ray(address: str | None) -> bool:
-    """Attach to Ray; returns True when this call started it (and so must shut it down).
-
-    A cluster (``address`` or ``$RAY_ADDRESS``) gets the repo as working directory, so workers
-    import ``trainables`` from the same code; its address must answer within a few seconds. A
-    local instance uses the editable install, listens on 127.0.0.1 only (no dashboard) and is
-    watched by a ``Reaper`` that kills its processes if the driver dies without shutting it down.
-    Any failure to start or reach Ray is an EnvironmentFailure.
-    """
-    global _reaper
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    remote = bool(address and address != "local")
-    on_term = signal.getsignal(signal.SIGTERM)
-    try:
-        if remote:
-            check_address(address)
-            # Ray puts the working directory first on the workers' PYTHONPATH, so they import this
-            # checkout's trainables/ (and our platform package, which also serves the stdlib API).
-            ray.init(address=address, runtime_env={"working_dir": str(paths.REPO_ROOT),
-                                                   "excludes": RUNTIME_ENV_EXCLUDES})
-        else:
-            os.environ[LOOPBACK_ENV] = "0"
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False,
-                     dashboard_host="127.0.0.1",
-                     logging_config=ray.LoggingConfig(log_level="WARNING"))
-    except (PlatformInputError, EnvironmentFailure):
-        raise
-    except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the environment is at fault
-        where = f"the Ray cluster at {address}" if remote else "a local Ray instance"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise EnvironmentFailure(f"could not start or join {where}: {type(exc).__name__}: {first}"
-                                 "; check that the cluster is up (ray status) and its Ray and "
-                                 "Python versions match this one") from exc
-    if callable(on_term) and threading.current_thread() is threading.main_thread():
-        # ray.init installs a native SIGTERM handler that aborts the process; the driver's own
-        # (platform.run: stop like Ctrl-C) must stay in charge.
-        signal.signal(signal.SIGTERM, on_term)
-    if not remote:
-        # Ray has no public accessor of the session folder; every Ray process names it.
-        node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
-        _reaper = Reaper(node.get_session_dir_path() if node is not None else "")
-    return True
-
-
-def shutdown_ray() -> None:
-    """Shut down the Ray instance ``init_ray`` started and end its reaper."""
-    global _reaper
-    ray.shutdown()
-    if _reaper is not None:
-        _reaper.stop()
-        _reaper = None
-
-
 class FatalFailures(tune.Callback):
     """Stop Tune from retrying a trial that failed deterministically (``trainables.errors``): its
     wrapper reports ``FATAL_KEY`` just before raising, and the trial's retry budget is then set to
@@ -242,8 +176,14 @@ def trial_name(trial: Any) -> str:
 
 
 def default_trainable() -> Callable[[dict], None]:
-    """The shared trainable every trial runs."""
-    from trainables.trainable import tune_trainable
+    """The shared trainable every trial runs (``trainables.trainable.tune_trainable``), imported
+    where it runs: the driver never imports torch for it. A closure, so cloudpickle ships it by
+    value and the import happens on the Ray worker."""
+    def tune_trainable(config: dict) -> None:
+        from trainables.trainable import tune_trainable as run
+
+        return run(config)
+
     return tune_trainable
 
 
@@ -539,12 +479,17 @@ def _run_locked(plan: Any, args: Any, name: str, storage: str, tracking_uri: str
     # num_to_keep forces an experiment snapshot after checkpoints; on a study of short trials
     # Tune then warns every few seconds about snapshot frequency, which drowns the progress line.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's default loggers include TensorBoard's, whose tensorboardX imports torch into the
+    # driver (seconds before the first trial); MLflow is the record here, so keep only Tune's
+    # own result.json and progress.csv per trial.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    callbacks = [tracker, progress, FatalFailures(), JsonLoggerCallback(), CSVLoggerCallback()]
     started = init_ray(getattr(args, "address", None))
     try:
         if resume and can_restore:
             tuner = tune.Tuner.restore(experiment_uri, trainable=tune.with_resources(fn, resources),
                                        resume_errored=True)
-            _use_callbacks(tuner, [tracker, progress, FatalFailures()])
+            _use_callbacks(tuner, callbacks)
         else:
             searcher = CellSearcher(plan, sampler_seed=plan.study.search.seed, execution=execution)
             if searcher.total_trials != plan.total_trials:
@@ -563,7 +508,7 @@ def _run_locked(plan: Any, args: Any, name: str, storage: str, tracking_uri: str
                     name=name, storage_path=storage, verbose=0,
                     failure_config=tune.FailureConfig(max_failures=plan.study.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                    callbacks=[tracker, progress, FatalFailures()]))
+                    callbacks=callbacks))
         results = tuner.fit()
         callback = _find_tracker(tuner) or tracker
         finished = results.num_terminated + results.num_errors
@@ -612,5 +557,5 @@ def _find_tracker(tuner: Any) -> MLflowStudyCallback | None:
 
 
 __all__ = ["CellASHAScheduler", "FatalFailures", "check_storage", "check_tracking_uri",
-           "default_trainable", "init_ray", "make_scheduler", "prior_rows", "read_execution", "run_study",
-           "select_rows", "shutdown_ray"]
+           "default_trainable", "make_scheduler", "prior_rows", "read_execution", "run_study",
+           "select_rows"]

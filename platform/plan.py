@@ -138,13 +138,19 @@ def make_plan(study: Study, study_path: str) -> Plan:
         optuna_storage=paths.optuna_storage(study.tracking_uri, study.storage))
 
 
-def local_capacity() -> tuple[float, float]:
-    """(CPUs, GPUs) of this machine, as a local Ray would see them (CPU affinity, CUDA devices)."""
+def local_capacity(count_gpus: bool = True) -> tuple[float, float]:
+    """(CPUs, GPUs) of this machine, as a local Ray would see them (CPU affinity, CUDA devices).
+
+    Counting GPUs imports torch (seconds); ``count_gpus=False`` (a study that asks for no GPU)
+    skips it and reports 0 GPUs.
+    """
     try:
         cpus = float(len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         cpus = float(os.cpu_count() or 1)
-    import torch  # already imported by validation (the data and method registries)
+    if not count_gpus:
+        return cpus, 0.0
+    import torch
     return cpus, float(torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
 

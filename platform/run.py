@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import yaml
 from pydantic import ValidationError
 
+from platform import raystart
 from platform.errors import EnvironmentFailure, PlatformInputError, SpecError, show_value
 from platform.plan import Plan, StudyOutcome, check_fits, local_capacity, make_plan
 from platform.studyfile import load_study
@@ -269,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         unfit = None
         if args.address is None:  # a local Ray: this machine is the whole cluster
             try:
-                check_fits(plan, *local_capacity())
+                check_fits(plan, *local_capacity(count_gpus=plan.resources["gpu"] > 0))
             except SpecError as e:
                 if not args.dry_run:
                     raise
@@ -295,8 +296,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.address is None and not os.environ.get("RAY_ADDRESS"):
             # A local Ray listens on 127.0.0.1 only; Ray reads this when it is imported.
-            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-        from platform.execute import run_study  # imports Ray: only for a valid study that runs
+            os.environ[raystart.LOOPBACK_ENV] = "0"
+        # Ray starts on a thread while platform.execute imports MLflow and opens the stores;
+        # run_study claims the start (platform.raystart).
+        raystart.start_in_background(args.address)
+        from platform.execute import run_study  # imports MLflow: only for a valid study that runs
         outcome = run_study(plan, args)
     except PlatformInputError as e:  # e.g. unwritable storage, --resume of a changed spec
         print(f"error: {e}", file=sys.stderr)
@@ -307,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with:\n  {resume_command(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        raystart.abandon_start()  # a start run_study did not claim (it failed or was interrupted first)
     print()
     print(format_outcome(outcome, plan))
     return EXIT_FAILED_TRIALS if outcome.failed_trials else EXIT_OK

@@ -113,8 +113,23 @@ def test_a_bad_location_flag_is_named_in_the_error(capsys):
     assert "--max-concurrent -2: max_concurrent = -2: must be >= 0" in capsys.readouterr().err
 
 
+def _no_ray(monkeypatch) -> list:
+    """Ray's background start (``platform.raystart``) records its address instead of attaching."""
+    from platform import raystart
+
+    addresses: list = []
+
+    def attach(address):
+        addresses.append(address)
+        return False
+
+    monkeypatch.setattr(raystart, "_init_ray", attach)
+    return addresses
+
+
 def _fake_engine(monkeypatch, failed: int) -> list:
-    """Install a stand-in platform.execute whose run_study records its arguments."""
+    """Install a stand-in platform.execute whose run_study records its arguments (and no Ray)."""
+    _no_ray(monkeypatch)
     calls: list = []
 
     def run_study(plan, args):
@@ -179,6 +194,8 @@ def test_an_input_error_from_the_engine_exits_2_without_traceback(monkeypatch, c
     module = types.ModuleType("platform.execute")
     module.run_study = run_study
     monkeypatch.setitem(sys.modules, "platform.execute", module)
+    addresses = _no_ray(monkeypatch)
     assert main([SMOKE, "--address", "auto"]) == 2
+    assert addresses == ["auto"]  # Ray's start began (in the background) and was ended
     err = capsys.readouterr().err
     assert "pass --resume" in err and "Traceback" not in err

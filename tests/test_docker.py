@@ -130,7 +130,7 @@ def test_dockerfile_installs_the_project_the_readmes_way() -> None:
 
 
 def test_dockerignore_leaves_out_what_the_runtime_env_leaves_out() -> None:
-    from platform.execute import RUNTIME_ENV_EXCLUDES
+    from platform.raystart import RUNTIME_ENV_EXCLUDES
 
     ignored = {line.strip() for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}

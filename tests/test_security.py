@@ -145,7 +145,7 @@ def test_servers_of_ours_bind_loopback_unless_asked() -> None:
 
 def test_local_ray_starts_without_a_dashboard() -> None:
     # A local Ray's dashboard would listen on a port of its own; the local run does not need it.
-    inits = [c for name, c in _calls(REPO / "platform" / "execute.py") if name == "ray.init"]
+    inits = [c for name, c in _calls(REPO / "platform" / "raystart.py") if name == "ray.init"]
     local = [c for c in inits if _keyword(c, "address") is None]
     assert local and all(isinstance(_keyword(c, "include_dashboard"), ast.Constant)
                          and _keyword(c, "include_dashboard").value is False for c in local)

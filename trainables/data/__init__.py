@@ -10,13 +10,15 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from trainables.config import DatasetConfig, RuntimeConfig
-from trainables.data.base import DataSplits, LabeledImages
 from trainables.registry import Registry
 
-DatasetBuilder = Callable[[DatasetConfig, RuntimeConfig], DataSplits]
+if TYPE_CHECKING:
+    from trainables.data.base import DataSplits, LabeledImages
+
+DatasetBuilder = Callable[[DatasetConfig, RuntimeConfig], "DataSplits"]
 DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 
 # Builders living outside this package, imported when first asked for (keeps the toy world's
@@ -60,6 +62,16 @@ def build_splits(cfg: DatasetConfig, runtime: RuntimeConfig) -> DataSplits:
 def dataset_names() -> list[str]:
     """Every data set name a config may use (registered or importable on demand)."""
     return sorted(set(DATASETS.names()) | set(_LAZY_BUILDERS))
+
+
+def __getattr__(name: str) -> Any:
+    """``DataSplits`` and ``LabeledImages`` (``trainables.data.base``), imported on first use: they
+    import torch, which validating a study (``dataset_names``) does not need."""
+    if name in ("DataSplits", "LabeledImages"):
+        from trainables.data import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # Importing the builder modules registers them; they need DATASETS, defined above.

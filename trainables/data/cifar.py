@@ -15,13 +15,17 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from trainables.config import DatasetConfig, RuntimeConfig
 from trainables.data import DATASETS, candidate_roots
-from trainables.data.base import DataSplits, LabeledImages
+
+if TYPE_CHECKING:  # torch is imported by the trials that load images, not by the driver
+    import torch
+
+    from trainables.data.base import DataSplits, LabeledImages
 from trainables.data.longtail import (first_per_class, group_reference, longtail_counts,
                                       longtail_indices, validation_counts)
 
@@ -60,6 +64,8 @@ class _ArrayImages:
         self.images = images
 
     def __call__(self, i: int) -> torch.Tensor:
+        import torch  # imported by a trial, not by the driver that validates a study
+
         return torch.from_numpy(self.images[i].copy())  # copy: transforms must not write into the split
 
 
@@ -75,6 +81,8 @@ class _Describe:
 
 def _subset(x: np.ndarray, y: np.ndarray, idx: np.ndarray, source: str) -> LabeledImages:
     """The rows ``idx`` of (x, y) as a split (only those rows are kept in memory)."""
+    from trainables.data.base import LabeledImages
+
     return LabeledImages(y[idx], _ArrayImages(x[idx]), describe=_Describe(source, idx))
 
 
@@ -132,6 +140,8 @@ def read_class_names(path: Path, names_key: str, num_classes: int) -> list[str]:
 
 def build_cifar_lt(fmt: CifarFormat, cfg: DatasetConfig, runtime: RuntimeConfig) -> DataSplits:
     """The long-tailed CIFAR splits described in the module docstring."""
+    from trainables.data.base import DataSplits
+
     C = fmt.num_classes
     if cfg.num_classes not in (None, C):
         raise ValueError(f"dataset.num_classes={cfg.num_classes} but {cfg.name} has {C} classes; "

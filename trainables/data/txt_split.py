@@ -16,16 +16,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
 
 from trainables.config import DatasetConfig, RuntimeConfig
 from trainables.data import DATASETS, candidate_roots
-from trainables.data.base import DataSplits, LabeledImages
 from trainables.data.longtail import first_per_class, group_reference
 from trainables.data.names import read_class_names_file, shipped_path
+
+if TYPE_CHECKING:  # torch and PIL are imported by the trials that load images, not by the driver
+    import torch
+
+    from trainables.data.base import DataSplits
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,9 @@ class _ImageFiles:
         return f"{self.root / self.split.paths[i]} ({self.split.file}, line {self.split.line_numbers[i]})"
 
     def __call__(self, i: int) -> torch.Tensor:
+        import torch
+        from PIL import Image, UnidentifiedImageError
+
         path = self.root / self.split.paths[i]
         if not path.is_file():
             raise FileNotFoundError(f"image {path} not found (listed in {self.split.file}, line "
@@ -140,6 +146,8 @@ def read_class_names(cfg: DatasetConfig, root: Path, max_label: int) -> list[str
 
 def build_txt_split(cfg: DatasetConfig, runtime: RuntimeConfig) -> DataSplits:
     """Train / val / test from split files (defaults per benchmark in ``LAYOUTS``)."""
+    from trainables.data.base import DataSplits, LabeledImages
+
     layout = LAYOUTS[cfg.name] if cfg.name in LAYOUTS else LAYOUTS["txt_split"]
     files = SplitFiles(cfg.train_split or layout.train, cfg.val_split or layout.val, cfg.test_split or layout.test)
     root = _find_root(cfg, runtime, files.train)
