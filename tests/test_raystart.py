@@ -79,7 +79,17 @@ def test_a_ray_start_nobody_claims_is_shut_down(fake_ray, tmp_path, capsys):
     assert fake_ray["starts"] == [None] and fake_ray["shutdowns"] == 1
 
 
-def test_ctrl_c_during_start_up_exits_130_and_shuts_down_the_ray_it_started(fake_ray, tmp_path, capsys):
+@pytest.fixture
+def fresh_sigint():
+    """SIGINT handled as in a fresh driver process (KeyboardInterrupt): an in-process study of an
+    earlier test leaves Ray's or Tune's handler, which only sets a stop flag."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_start_up_exits_130_and_shuts_down_the_ray_it_started(fake_ray, fresh_sigint,
+                                                                          tmp_path, capsys):
     def interrupted_start():
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C reaches the main thread while Ray starts
         time.sleep(1.0)
