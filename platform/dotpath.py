@@ -154,12 +154,17 @@ def set_path(doc: Any, segments: Sequence[Segment], value: Any) -> None:
 
 def setting_order(items: Iterable[Any], segments_of: Callable[[Any], Sequence[Segment]]) -> list[Any]:
     """``items`` (values to set at once: a grid cell's axes) in the order that makes the result
-    independent of theirs: those that set a method's ``name`` first, then the others (a stable
-    sort: a later value for the same path still wins). So a method field set next to a method change
-    (a ``method.tau`` axis and a ``method.name`` axis, in either order) is never dropped by the name
-    change (``keep_method_fields``); a field the new method lacks is then named by validation.
-    ``segments_of(item)`` gives an item's path segments."""
-    return sorted(items, key=lambda item: not _sets_method_name(segments_of(item)))
+    independent of theirs: shorter paths first (a whole block, e.g. ``method``, before the fields
+    inside it, so the more specific setting wins), and at one depth those that set a method's
+    ``name`` before the others (a stable sort: a later value for the same path still wins). So a
+    method field set next to a method change (a ``method.tau`` axis and a ``method.name`` axis, in
+    either order) is never dropped by the name change (``keep_method_fields``), a field the new
+    method lacks is then named by validation, and a ``method.name`` axis next to a ``method`` block
+    axis sets the name in every order. ``segments_of(item)`` gives an item's path segments."""
+    def key(item: Any) -> tuple[int, bool]:
+        segments = segments_of(item)
+        return len(segments), not _sets_method_name(segments)
+    return sorted(items, key=key)
 
 
 def _set_path(doc: Any, segments: Sequence[Segment], value: Any, method_name: bool) -> None:

@@ -278,3 +278,13 @@ def test_a_method_field_axis_next_to_a_method_axis_gives_the_same_cells_in_eithe
         points = expand_grid(study(f"name: x\ngrid: {grid}\n"))
         methods.append(sorted((p.trial["method"]["name"], p.trial["method"]["tau"]) for p in points))
     assert methods[0] == methods[1] == sorted((m, t) for m in ("la", "gla_train") for t in (0.5, 2.0))
+
+
+@pytest.mark.parametrize("grid", ["{method: [{name: la, tau: 1.0}], method.name: [gla_train]}",
+                                  "{method.name: [gla_train], method: [{name: la, tau: 1.0}]}"])
+def test_a_method_name_axis_next_to_a_method_block_axis_wins_in_either_order(grid):
+    # the block is set before the fields inside it: the cell runs the method its label names
+    from platform.grid import expand_grid
+
+    point, = expand_grid(study(f"name: x\ngrid: {grid}\n"))
+    assert point.trial["method"]["name"] == "gla_train" and point.trial["method"]["tau"] == 1.0
