@@ -540,7 +540,10 @@ def _use_callbacks(tuner: Any, callbacks: list) -> None:
     """Run a restored Tuner with this execution's callbacks instead of the unpickled ones, so that
     tracking uses today's URI and knows it is resuming (Tune then restores their saved state)."""
     config = _run_config(tuner)
-    if config is not None and [type(c) for c in config.callbacks or []] == [type(c) for c in callbacks]:
+    # Tune restores callback states by position; the loggers (stateless) come last, and a tuner.pkl
+    # from before they were listed here (Tune added them itself then) lacks them.
+    kinds = lambda cbs: [type(c) for c in cbs if not isinstance(c, (JsonLoggerCallback, CSVLoggerCallback))]
+    if config is not None and kinds(config.callbacks or []) == kinds(callbacks):
         config.callbacks = callbacks
         return
     for cb in getattr(config, "callbacks", None) or []:  # an older tuner.pkl: resume in place

@@ -363,3 +363,20 @@ def test_a_refused_resume_names_what_changed_and_what_to_do(tmp_path):
     (folder / PLAN_STAMP).write_text(json.dumps(stamp), encoding="utf-8")
     with pytest.raises(PlatformInputError, match="predates recording the resolved spec"):
         _check_resume(folder, plan)
+
+
+def test_a_tuner_pickled_before_the_loggers_were_listed_resumes_with_todays_callbacks():
+    # a tuner.pkl from before result.json / progress.csv loggers were listed explicitly holds
+    # [tracker, progress, fatal]; with Tune's automatic loggers off, keeping those would lose the logs
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from platform.execute import FatalFailures, _use_callbacks
+    from platform.tracking import MLflowStudyCallback
+
+    tracker, progress = MLflowStudyCallback.__new__(MLflowStudyCallback), ProgressCallback.__new__(ProgressCallback)
+    old = SimpleNamespace(callbacks=[MLflowStudyCallback.__new__(MLflowStudyCallback),
+                                     ProgressCallback.__new__(ProgressCallback), FatalFailures()])
+    tuner = SimpleNamespace(_local_tuner=SimpleNamespace(get_run_config=lambda: old))
+    today = [tracker, progress, FatalFailures(), JsonLoggerCallback(), CSVLoggerCallback()]
+    _use_callbacks(tuner, today)
+    assert old.callbacks is today
