@@ -373,7 +373,7 @@ def spec_changes(old: dict, new: dict, limit: int = 6) -> list[str]:
         return json.dumps(spec[key]) if key in spec else "(absent)"
 
     lines = [f"{k}: {shown(a, k)} -> {shown(b, k)}"
-             for k in sorted(set(a) | set(b)) if k not in a or k not in b or a[k] != b[k]]
+             for k in sorted(set(a) | set(b)) if shown(a, k) != shown(b, k)]  # 1 vs 1.0 differs too
     return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
 
 

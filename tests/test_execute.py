@@ -380,3 +380,10 @@ def test_a_tuner_pickled_before_the_loggers_were_listed_resumes_with_todays_call
     today = [tracker, progress, FatalFailures(), JsonLoggerCallback(), CSVLoggerCallback()]
     _use_callbacks(tuner, today)
     assert old.callbacks is today
+
+
+def test_spec_changes_names_a_change_of_type_the_hash_sees():
+    from platform.execute import spec_changes
+
+    assert spec_changes({"a": {"b": 1}, "c": 2}, {"a": {"b": 1.0}, "c": 2}) == ["a.b: 1 -> 1.0"]
+    assert spec_changes({"a": 1}, {"a": 1}) == []
