@@ -60,10 +60,7 @@ class DriverLock:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            raise PlatformInputError(
-                f"study {self.study!r} on storage {self.storage} is already being run by "
-                f"{self._describe_holder()}; wait for it to finish (or stop it), or run this "
-                "study under another name or --storage") from None
+            raise self._held() from None
         self._lock = lock
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv}
@@ -71,6 +68,26 @@ class DriverLock:
         tmp.write_text(json.dumps(info), encoding="utf-8")
         os.replace(tmp, self.holder)
         return self
+
+    def check_free(self) -> None:
+        """Raise PlatformInputError naming the driver that holds the lock, without taking it (a
+        cheap early refusal, before the driver starts Ray); anything else is left to ``acquire``."""
+        if not self.path.parent.is_dir():
+            return
+        lock = FileLock(str(self.path), thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise self._held() from None
+        except OSError:
+            return  # e.g. unwritable storage: acquire (in run_study) says so
+        lock.release()
+
+    def _held(self) -> PlatformInputError:
+        return PlatformInputError(
+            f"study {self.study!r} on storage {self.storage} is already being run by "
+            f"{self._describe_holder()}; wait for it to finish (or stop it), or run this "
+            "study under another name or --storage")
 
     def _describe_holder(self) -> str:
         try:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from platform import raystart
 from platform.errors import EnvironmentFailure, PlatformInputError, SpecError, show_value
+from platform.guard import DriverLock
 from platform.plan import Plan, StudyOutcome, check_fits, local_capacity, make_plan
 from platform.studyfile import load_study
 from trainables.stats import STD_SUFFIX
@@ -297,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.address is None and not os.environ.get("RAY_ADDRESS"):
             # A local Ray listens on 127.0.0.1 only; Ray reads this when it is imported.
             os.environ[raystart.LOOPBACK_ENV] = "0"
+        # A second driver of this study is refused before it starts a Ray of its own.
+        DriverLock(plan.storage, plan.study.name).check_free()
         # Ray starts on a thread while platform.execute imports MLflow and opens the stores;
         # run_study claims the start (platform.raystart).
         raystart.start_in_background(args.address)

@@ -149,3 +149,19 @@ def test_sigterm_after_a_background_start_reaches_the_drivers_handler() -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["handled", "done"], out.stdout + out.stderr[-2000:]
     assert "SIGTERM received" not in out.stderr, out.stderr[-2000:]  # Ray's native handler never ran
+
+
+def test_a_second_driver_is_refused_before_it_starts_ray(fake_ray, tmp_path, capsys):
+    from platform.guard import DriverLock
+    from platform.plan import make_plan
+    from platform.studyfile import load_study
+
+    argv = _argv(tmp_path)
+    flags = [("storage", str(tmp_path / "runs"), "--storage"),
+             ("tracking_uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--tracking-uri")]
+    plan = make_plan(load_study(SMOKE, (), flags), SMOKE)
+    with DriverLock(plan.storage, plan.study.name):  # the first driver
+        assert main(argv) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert f"pid {os.getpid()}" in err and "already being run" in err and "Traceback" not in err
+    assert fake_ray["starts"] == []  # no Ray started (and none to shut down) for a refusal
