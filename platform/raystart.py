@@ -54,7 +54,8 @@ def _init_ray(address: str | None) -> bool:
             ray.init(address=address, runtime_env={"working_dir": str(paths.REPO_ROOT),
                                                    "excludes": RUNTIME_ENV_EXCLUDES})
         else:
-            os.environ[LOOPBACK_ENV] = "0"
+            if os.environ.get(LOOPBACK_ENV) != "0":  # platform.run sets it before the start's thread
+                os.environ[LOOPBACK_ENV] = "0"
             ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False,
                      dashboard_host="127.0.0.1",
                      logging_config=ray.LoggingConfig(log_level="WARNING"))
