@@ -9,10 +9,13 @@ the configuration selected on the validation metric, with its test metrics read 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import secrets
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -509,7 +512,8 @@ def _run_locked(plan: Any, args: Any, name: str, storage: str, tracking_uri: str
                     failure_config=tune.FailureConfig(max_failures=plan.study.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     callbacks=callbacks))
-        results = tuner.fit()
+        with _signal_handlers_kept():
+            results = tuner.fit()
         callback = _find_tracker(tuner) or tracker
         finished = results.num_terminated + results.num_errors
         if finished < plan.total_trials:
@@ -528,6 +532,24 @@ def _run_locked(plan: Any, args: Any, name: str, storage: str, tracking_uri: str
     finally:
         if started:
             shutdown_ray()
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Any:
+    """Put back the SIGINT (and SIGUSR1) handlers Tune's ``fit`` replaces: Tune restores them only
+    when a signal arrives, so after a study that ends normally its handler (which just sets that
+    finished run's stop flag) would swallow the next Ctrl-C of a second study in the same process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kinds = [s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGUSR1", None)) if s is not None]
+    saved = {s: signal.getsignal(s) for s in kinds}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            if handler is not None:
+                signal.signal(s, handler)
 
 
 def _run_config(tuner: Any) -> Any:

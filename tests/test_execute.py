@@ -142,10 +142,13 @@ def test_interrupted_study_resumes_without_duplicate_runs_or_optuna_trials(tmp_p
 def test_two_cells_of_three_optuna_trials_run_into_mlflow_and_optuna(local_ray, tmp_path):
     plan = _plan(tmp_path)
     assert plan.total_trials == 6
+    sigint = signal.getsignal(signal.SIGINT)
     start = time.monotonic()
     outcome = run_study(plan, _args(), progress_interval_s=1.0)
     wall = time.monotonic() - start
     print(f"\n2 cells x 3 Optuna trials x {EPOCHS} epochs: {wall:.1f} s wall")
+    # Tune's handler does not outlive the study: a second study in this process still gets Ctrl-C
+    assert signal.getsignal(signal.SIGINT) is sigint
 
     assert (outcome.total_trials, outcome.failed_trials) == (6, 0)
     runs = _runs_by_level(plan)
